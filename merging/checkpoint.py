@@ -1,0 +1,194 @@
+"""Read Hugging Face checkpoint folders (config.json + safetensors, sharded or not).
+
+Headers are parsed here in plain Python, so listing tensors, checking shapes and
+fingerprinting a checkpoint never imports torch; tensors themselves are loaded lazily,
+one at a time, through safetensors' own reader.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from merging.errors import CheckpointError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+# A safetensors header is JSON; anything past this is certainly not one.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    file: str
+    dtype: str  # safetensors spelling: F32, BF16, ...
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def read_header(path: Path) -> tuple[dict, dict]:
+    """Parse one safetensors file's header and check it against the file's size.
+
+    Returns (tensors, metadata); a truncated or corrupt file raises CheckpointError.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header")
+    metadata = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - n
+    for name, info in header.items():
+        try:
+            begin, end = info["data_offsets"]
+            nbytes = DTYPE_BYTES[info["dtype"]]
+            numel = 1
+            for s in info["shape"]:
+                numel *= int(s)
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r}") from None
+        if end > data_size:
+            raise CheckpointError(f"{path}: truncated (tensor {name!r} ends past the end of the file)")
+        if end - begin != numel * nbytes:
+            raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r} (size does not match shape)")
+    return header, metadata
+
+
+class Checkpoint:
+    """A checkpoint folder: its config, its tensors' names/shapes/dtypes, lazy tensor loading."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError(f"{self.path}: no such folder")
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a folder (a checkpoint is a folder with config.json and safetensors)")
+        config_path = self.path / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{self.path}: no config.json")
+        try:
+            self.config: dict = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{config_path}: cannot parse ({e})") from None
+        self.files = self._find_files()
+        self.tensors: dict[str, TensorInfo] = {}
+        self._headers: dict[str, tuple[int, str]] = {}
+        for file in self.files:
+            header, _ = read_header(self.path / file)
+            for name, info in header.items():
+                if name in self.tensors:
+                    raise CheckpointError(f"{self.path}: tensor {name!r} stored twice ({self.tensors[name].file}, {file})")
+                self.tensors[name] = TensorInfo(name, file, info["dtype"], tuple(int(s) for s in info["shape"]))
+            self._headers[file] = (os.path.getsize(self.path / file), json.dumps(header, sort_keys=True))
+        if self._index_map is not None:
+            for name, file in self._index_map.items():
+                if name not in self.tensors:
+                    raise CheckpointError(f"{self.path}: index names {name!r} in {file}, which does not hold it")
+        self._open: dict[str, object] = {}
+
+    def _find_files(self) -> list[str]:
+        self._index_map = None
+        index = self.path / INDEX_NAME
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+                raise CheckpointError(f"{index}: corrupt index (no weight_map)") from None
+            self._index_map = dict(weight_map)
+            files = sorted(set(weight_map.values()))
+            for f in files:
+                if not (self.path / f).is_file():
+                    raise CheckpointError(f"{self.path}: shard {f} named in the index is missing")
+            return files
+        if (self.path / SINGLE_NAME).is_file():
+            return [SINGLE_NAME]
+        others = sorted(p.name for p in self.path.glob("*.safetensors"))
+        if len(others) == 1:
+            return others
+        if others:
+            raise CheckpointError(f"{self.path}: several safetensors files but no {INDEX_NAME}")
+        raise CheckpointError(f"{self.path}: no safetensors weights (model.safetensors or an index)")
+
+    # -- facts from headers only (no torch) ---------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for size, _ in self._headers.values())
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        cfg = self.config
+        tied = cfg.get("tie_word_embeddings")
+        if tied is None and isinstance(cfg.get("text_config"), dict):
+            tied = cfg["text_config"].get("tie_word_embeddings")
+        return bool(tied)
+
+    def fingerprint(self) -> str:
+        """A digest of file names, sizes and headers: changes whenever the weights' layout
+        or size does, without reading the weights themselves."""
+        h = hashlib.sha256()
+        for file in self.files:
+            size, header = self._headers[file]
+            h.update(f"{file}\0{size}\0{header}\0".encode())
+        return h.hexdigest()[:32]
+
+    # -- tensors (torch) ------------------------------------------------------------------
+    def tensor(self, name: str, device: str = "cpu"):
+        """Load one tensor, lazily, from the file that holds it."""
+        from safetensors import safe_open
+
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.path}: no tensor {name!r}")
+        handle = self._open.get(info.file)
+        if handle is None:
+            try:
+                handle = safe_open(str(self.path / info.file), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises its own error types
+                raise CheckpointError(f"{self.path / info.file}: cannot open ({e})") from None
+            self._open[info.file] = handle
+        try:
+            t = handle.get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e})") from None
+        return t if str(device) == "cpu" else t.to(device, non_blocking=True)
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
