@@ -79,6 +79,206 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------
 # service core: propose, reward, arms, tasks, stats, rebuild
 # ---------------------------------------------------------------------------------------
+def _service(db_path: str):
+    from bandit.service import Service
+
+    return Service(db_path)
+
+
+def _fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "(defaults)"
+
+
+def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[str, float]:
+    from bandit.errors import BanditError
+
+    context: dict[str, float] = {}
+    if context_json:
+        try:
+            loaded = json.loads(context_json)
+        except json.JSONDecodeError as e:
+            raise BanditError(f"--context-json is not valid JSON ({e.msg} at position {e.pos})") from None
+        if not isinstance(loaded, dict):
+            raise BanditError("--context-json must be a JSON object of name: number")
+        context.update(loaded)
+    for item in features:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise BanditError(f"bad --feature {item!r}: write it as NAME=VALUE")
+        try:
+            context[name.strip()] = float(value)
+        except ValueError:
+            raise BanditError(f"feature {name.strip()!r}: {value!r} is not a number") from None
+    return context
+
+
+@main.command()
+@click.option("--task", "-t", required=True, help="Task the merge is for (created on first use).")
+@click.option("--feature", "-f", "features", multiple=True, metavar="NAME=VALUE", help="One context feature (repeatable).")
+@click.option("--context-json", help="Context features as a JSON object.")
+@click.option("--seed", type=int, help="Seed for tie-breaking and sampling (logged either way).")
+@db_option
+@json_option
+def propose(task, features, context_json, seed, db_path, as_json):
+    """Choose a merge operator (an arm) for TASK and log the decision as an event."""
+    context = _parse_context(features, context_json)
+    p = _service(db_path).propose(task, context, seed=seed)
+    if as_json:
+        emit_json(p.to_dict())
+        return
+    click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)})")
+    click.echo(f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}")
+    click.echo(f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}")
+    click.echo(f"  report the result with: bandit reward {p.event_id} VALUE")
+
+
+@main.command()
+@click.argument("event_id")
+@click.argument("value")
+@db_option
+@json_option
+def reward(event_id, value, db_path, as_json):
+    """Record the REWARD of event EVENT_ID and update its arm's posterior."""
+    # Deliberately lean imports: no numpy, no sqlite-utils, so this starts fast.
+    from bandit.reward import record_reward
+    from store import Store
+
+    with Store(db_path) as store:
+        out = record_reward(store, event_id, value)
+    if as_json:
+        emit_json({"event_id": out.event_id, "arm": out.arm, "reward": out.value, "duplicate": out.duplicate,
+                   "pulls": out.pulls})
+    elif out.duplicate:
+        click.echo(f"event {out.event_id}: reward {out.value:g} was recorded already; nothing changed")
+    else:
+        click.echo(f"event {out.event_id}: reward {out.value:g} recorded for {out.arm} ({out.pulls} rewards)")
+
+
+@main.group()
+def arms():
+    """List, add and retire arms (merge operators with parameters)."""
+
+
+@arms.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include retired arms.")
+@db_option
+@json_option
+def arms_list(show_all, db_path, as_json):
+    """The arms and their parameters."""
+    rows = [a for a in _service(db_path).arms() if show_all or a["status"] == "active"]
+    if as_json:
+        emit_json(rows)
+        return
+    for a in rows:
+        extra = f"  (warm-started from {a['warm_start_from']})" if a["warm_start_from"] else ""
+        status = "" if a["status"] == "active" else f"  [{a['status']}]"
+        click.echo(f"{a['name']:<20} {a['operator']:<18} {_fmt_params(a['params'])}{extra}{status}")
+
+
+@arms.command("add")
+@click.argument("name")
+@click.option("--operator", "-o", required=True, help="Merge operator (see `bandit operators`).")
+@click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Operator parameter (repeatable).")
+@click.option("--warm-start-from", metavar="ARM", help="Start from a shrunk copy of this arm's posterior.")
+@click.option("--shrink", type=float, default=0.1, show_default=True, help="Share of the donor's evidence kept.")
+@db_option
+@json_option
+def arms_add(name, operator, params, warm_start_from, shrink, db_path, as_json):
+    """Add arm NAME: proposable at once, nothing else retrained."""
+    from bandit.arms import parse_params
+
+    arm = _service(db_path).add_arm(name, operator, parse_params(params), warm_start_from, shrink)
+    if as_json:
+        emit_json(arm)
+    else:
+        how = f"warm-started from {warm_start_from} (shrink {shrink:g})" if warm_start_from else "from the prior"
+        click.echo(f"added arm {name}: {operator} {_fmt_params(arm['params'])}, {how}")
+
+
+@arms.command("retire")
+@click.argument("name")
+@db_option
+@json_option
+def arms_retire(name, db_path, as_json):
+    """Stop proposing arm NAME; its history stays."""
+    _service(db_path).retire_arm(name)
+    if as_json:
+        emit_json({"name": name, "status": "retired"})
+    else:
+        click.echo(f"retired arm {name}")
+
+
+@main.group()
+def tasks():
+    """Add and list tasks (a name plus optional unlabeled probe texts)."""
+
+
+@tasks.command("add")
+@click.argument("name")
+@click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe texts, one per line.")
+@db_option
+@json_option
+def tasks_add(name, probes, db_path, as_json):
+    """Add task NAME (or replace its probes)."""
+    texts = None
+    if probes:
+        with open(probes, encoding="utf-8") as f:
+            texts = f.read().splitlines()
+    new = _service(db_path).add_task(name, texts)
+    if as_json:
+        emit_json({"name": name, "new": new, "probes": len([t for t in texts or [] if t.strip()])})
+    else:
+        what = "added" if new else "updated"
+        click.echo(f"{what} task {name}" + (f" with {len([t for t in texts if t.strip()])} probes" if texts else ""))
+
+
+@tasks.command("list")
+@db_option
+@json_option
+def tasks_list(db_path, as_json):
+    """The tasks, their probe counts and events."""
+    rows = _service(db_path).store.tasks()
+    if as_json:
+        emit_json(rows)
+        return
+    for t in rows:
+        click.echo(f"{t['name']:<24} probes {t['n_probes']:>4}   events {t['events']:>5}")
+
+
+@main.command()
+@db_option
+@json_option
+def stats(db_path, as_json):
+    """Per arm: proposals, rewards, mean reward, posterior mean at the average context, share."""
+    rows = _service(db_path).stats()
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(f"{'arm':<20} {'proposals':>9} {'pulls':>6} {'mean':>8} {'post.mean':>9} {'share':>6}")
+    for r in rows:
+        mean = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.4f}"
+        post = "-" if r["posterior_mean"] is None else f"{r['posterior_mean']:.4f}"
+        flag = "" if r["status"] == "active" else f"  [{r['status']}]"
+        click.echo(f"{r['arm']:<20} {r['proposals']:>9} {r['pulls']:>6} {mean:>8} {post:>9} {r['share']:>6.1%}{flag}")
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Only compare with the live posteriors; change nothing.")
+@db_option
+@json_option
+def rebuild(check, db_path, as_json):
+    """Recompute every posterior from the events and rewards."""
+    rep = _service(db_path).rebuild(check=check)
+    if as_json:
+        emit_json({"arms": rep.arms, "rewards": rep.rewards, "max_abs_diff": rep.max_abs_diff,
+                   "mismatched": rep.mismatched, "written": rep.written, "clean": rep.clean})
+    else:
+        verdict = "match the live posteriors" if rep.clean else f"DIFFER for {', '.join(rep.mismatched)}"
+        click.echo(f"{rep.arms} arms from {rep.rewards} rewards: recomputed posteriors {verdict} "
+                   f"(max |diff| {rep.max_abs_diff:.3g})" + ("; written" if rep.written else ""))
+    if check and not rep.clean:
+        sys.exit(1)
+
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""Arms: the default set, and parsing/validating an arm's operator and parameters."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from bandit.errors import BanditError
+
+# Each an operator plus params, in the YAML conventions merge users know. Scalars apply to
+# every model of a merge, so an arm fits a merge of any number of models.
+DEFAULT_ARMS: list[tuple[str, str, dict[str, Any]]] = [
+    ("linear", "linear", {"weight": 0.5}),
+    ("slerp", "slerp", {"t": 0.5}),
+    ("task_arithmetic", "task_arithmetic", {"lambda": 1.0}),
+    ("ties", "ties", {"density": 0.5, "normalize": True}),
+    ("dare_ties", "dare_ties", {"density": 0.5}),
+    ("dare_linear", "dare_linear", {"density": 0.5}),
+    ("breadcrumbs_ties", "breadcrumbs_ties", {"density": 0.9, "gamma": 0.01}),
+    ("model_stock", "model_stock", {}),
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+
+
+def check_arm_name(name: str) -> None:
+    if not _NAME.match(name or ""):
+        raise BanditError(f"bad arm name {name!r}: use letters, digits and _ . : + - (no spaces)")
+
+
+def parse_value(text: str) -> Any:
+    """`0.5` → 0.5, `true` → True, `0.3,0.7` → [0.3, 0.7], `[1, 2]` → [1, 2], else the string."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    if "," in t and not t.startswith("["):
+        return [parse_value(p) for p in t.split(",")]
+    try:
+        v = json.loads(t)
+    except json.JSONDecodeError:
+        return t
+    if isinstance(v, float) and not math.isfinite(v):
+        raise BanditError(f"parameter value {text!r} is not finite")
+    return v
+
+
+def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`k=v` strings into a dict; a malformed pair or a repeated key is a user error."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BanditError(f"bad parameter {pair!r}: write it as name=value")
+        if key in params:
+            raise BanditError(f"parameter {key!r} given twice")
+        params[key] = parse_value(value)
+    return params
+
+
+def validate_operator(operator: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check the operator exists (built in or a plugin) and takes these parameters.
+
+    Returns the params as the operator's registry normalises them. The registry lives in
+    `merging`; it is imported here only, so proposing and rewarding never load it.
+    """
+    from merging.errors import MergeError
+
+    try:
+        from merging.registry import validate_params
+    except ImportError:  # the merge backend is not installed: accept what was given
+        return params
+    try:
+        return validate_params(operator, params)
+    except MergeError as e:
+        raise BanditError(str(e)) from None

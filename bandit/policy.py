@@ -1,0 +1,78 @@
+"""The narrow interface every policy implements, and the records it speaks in.
+
+A decision is over *actions*: one (candidate model pair, arm) combination each, with the
+context of its candidate. A policy scores actions (a reward estimate and an exploration
+bonus), turns scores into a probability for every action (its exploration), learns from
+one reward at a time, and takes up a new arm at any moment. Policies hold no database
+handle: the service loads and saves their state, and replay drives them in memory.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """An arm: a name, a merge operator and its parameters."""
+
+    name: str
+    operator: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Action:
+    arm: str
+    context: Mapping[str, float]
+    candidate: int = 0  # index of the ordered model pair this action would merge
+
+
+@dataclass
+class Decision:
+    pmf: np.ndarray  # probability of every action, sums to 1
+    chosen: int  # index into the actions
+    means: np.ndarray  # reward estimate per action
+    bonuses: np.ndarray  # exploration bonus per action
+
+    @property
+    def prob(self) -> float:
+        return float(self.pmf[self.chosen])
+
+
+class Policy(ABC):
+    """Score candidates, learn one reward, take up a new arm."""
+
+    name: str = "policy"
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ArmSpec] = {}  # arms known, in the order they were added
+
+    @abstractmethod
+    def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
+        """Take up a new arm, from the prior or from a shrunk copy of another arm."""
+
+    @abstractmethod
+    def learn_one(self, arm: str, context: Mapping[str, float], reward: float) -> None:
+        """Learn from one reward of `arm` in `context`."""
+
+    @abstractmethod
+    def scores(self, actions: Sequence[Action]) -> tuple[np.ndarray, np.ndarray]:
+        """(reward estimate, exploration bonus) per action."""
+
+    @abstractmethod
+    def decide(self, actions: Sequence[Action], rng: np.random.Generator) -> Decision:
+        """Probabilities over the actions and the one sampled from them."""
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The settings to log with each event."""
+
+    @property
+    def arm_names(self) -> list[str]:
+        """Arms this policy knows, in the order they were added."""
+        return list(self.specs)

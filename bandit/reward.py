@@ -1,0 +1,103 @@
+"""Recording a reward: join it to its event and update that arm's posterior, atomically.
+
+Runs without numpy so that `bandit reward` starts fast (see `bandit.ridge`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bandit import ridge
+from bandit.errors import BanditError
+
+RIDGE = "ridge"  # the posteriors' reward model shared by linucb, lints and egreedy
+DEFAULT_LAMBDA = 1.0
+
+
+@dataclass
+class RewardOutcome:
+    event_id: int
+    arm: str
+    value: float
+    duplicate: bool  # the same value was recorded before; nothing changed
+    pulls: int  # rewards the arm's posterior has learned from
+    context: dict[str, float]  # the chosen action's context, as learned from
+
+
+def parse_event_id(text: str | int) -> int:
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise BanditError(f"{text!r} is not an event id (event ids are whole numbers)") from None
+    if value < 1:
+        raise BanditError(f"{text!r} is not an event id (event ids start at 1)")
+    return value
+
+
+def parse_reward(text: str | float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise BanditError(f"reward {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BanditError(f"reward {text!r} is not a finite number")
+    return value
+
+
+def chosen_context(event: dict) -> dict[str, float]:
+    action = event["actions"][event["chosen"]]
+    return event["contexts"][action.get("candidate", 0)]
+
+
+def arm_prior(store, arm: str, lam: float) -> tuple[list[str], object, object]:
+    """The statistics an arm starts from: its warm-start prior, or λI."""
+    row = store.arm(arm)
+    if row is not None and row.get("prior_A") is not None:
+        import json
+
+        return json.loads(row["prior_schema"]), ridge.load(row["prior_A"]), ridge.load(row["prior_b"])
+    A, b = ridge.prior(lam, 1)
+    return [], A, b
+
+
+def record_reward(store, event_id: int | str, value: float | str) -> RewardOutcome:
+    """Store the reward of one event and update the chosen arm's posterior in one transaction.
+
+    The same value twice is a no-op; a different second value, an unknown event or a value
+    that is not a finite number is an error, and nothing is changed.
+    """
+    event_id = parse_event_id(event_id)
+    value = parse_reward(value)
+    with store.transaction():
+        event = store.event(event_id)
+        if event is None:
+            raise BanditError(f"no event {event_id}")
+        if event["reward"] is not None:
+            if event["reward"] == value:
+                post = store.posterior(RIDGE, event["arm"])
+                return RewardOutcome(event_id, event["arm"], value, True, post["n"] if post else 0, chosen_context(event))
+            raise BanditError(
+                f"event {event_id} already has reward {event['reward']!r}; refusing a different value {value!r}"
+            )
+        store.insert_reward(event_id, value)
+        context = chosen_context(event)
+        n, _ = apply_to_posterior(store, event["arm"], context, value)
+    return RewardOutcome(event_id, event["arm"], value, False, n, context)
+
+
+def apply_to_posterior(store, arm: str, context: dict[str, float], value: float) -> tuple[int, int]:
+    """A += xxᵀ, b += r·x on the stored posterior of `arm` (inside the caller's transaction)."""
+    row = store.posterior(RIDGE, arm)
+    if row is None:
+        lam = store.get_setting("policy", {}).get("params", {}).get("lambda", DEFAULT_LAMBDA)
+        schema, A, b = arm_prior(store, arm, lam)
+        n, version = 0, 0
+    else:
+        lam, schema, n, version = row["lam"], row["schema"], row["n"], row["version"]
+        A, b = ridge.load(row["A"]), ridge.load(row["b"])
+    schema, A, b = ridge.extend(schema, A, b, lam, ridge.new_names(schema, context))
+    ridge.update(A, b, ridge.vector(schema, context), value)
+    store.put_posterior(RIDGE, arm, schema, lam, ridge.dump(A), ridge.dump(b), n + 1, version + 1)
+    return n + 1, version + 1

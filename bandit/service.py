@@ -1,0 +1,361 @@
+"""The propose / reward service over one database.
+
+`Service` keeps the live policy in memory and refreshes only the arms whose stored
+posterior changed (another process may have rewarded them), so a long-lived process
+proposes at in-memory speed while several processes share one database safely.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bandit import ridge
+from bandit.arms import DEFAULT_ARMS, check_arm_name, validate_operator
+from bandit.errors import BanditError
+from bandit.linucb import RidgeArms
+from bandit.policies import DEFAULT_POLICY, make_policy
+from bandit.policy import Action, ArmSpec
+from bandit.posterior import Posterior
+from bandit.reward import RIDGE, RewardOutcome, arm_prior, chosen_context, record_reward
+from store import Store
+
+
+@dataclass
+class Proposal:
+    event_id: int
+    task: str
+    arm: str
+    operator: str
+    params: dict[str, Any]
+    prob: float
+    predicted: float
+    bonus: float
+    pmf: list[dict[str, Any]]  # one entry per action: arm, (model_a, model_b,) p
+    policy: str
+    seed: int
+    model_a: str | None = None
+    model_b: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RebuildReport:
+    arms: int
+    rewards: int
+    max_abs_diff: float
+    mismatched: list[str]
+    written: bool
+
+    @property
+    def clean(self) -> bool:
+        return not self.mismatched
+
+
+def check_task_name(task: str) -> str:
+    task = (task or "").strip()
+    if not task:
+        raise BanditError("a task needs a name")
+    return task
+
+
+class Service:
+    def __init__(self, store: Store | str = "bandit.db"):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self._policy = None
+        self._policy_key = None
+        self._versions: dict[str, int] = {}
+        self._ensure_defaults()
+
+    # -- set-up --------------------------------------------------------------------------
+    def _ensure_defaults(self) -> None:
+        if self.store.get_setting("initialized"):
+            return
+        with self.store.transaction():
+            if self.store.get_setting("initialized"):
+                return
+            if self.store.get_setting("policy") is None:
+                self.store.set_setting("policy", DEFAULT_POLICY)
+            lam = self.policy_settings()["params"].get("lambda", 1.0)
+            base_time = time.time()
+            for i, (name, operator, params) in enumerate(DEFAULT_ARMS):
+                if self.store.arm(name) is None:
+                    # distinct times keep the listing in the documented order
+                    self.store.insert_arm(name, operator, params, created_at=base_time + i * 1e-6)
+                    self._put_prior(name, lam)
+            self.store.set_setting("initialized", True)
+
+    def _put_prior(self, arm: str, lam: float) -> None:
+        schema, A, b = arm_prior(self.store, arm, lam)
+        self.store.put_posterior(RIDGE, arm, schema, lam, ridge.dump(A), ridge.dump(b), 0, 0)
+
+    def policy_settings(self) -> dict[str, Any]:
+        return self.store.get_setting("policy") or DEFAULT_POLICY
+
+    # -- the live policy -----------------------------------------------------------------
+    def policy(self):
+        """The live policy, with every active arm's posterior as stored now."""
+        settings = self.policy_settings()
+        key = (settings["name"], tuple(sorted(settings.get("params", {}).items())))
+        if self._policy is None or key != self._policy_key:
+            self._policy = make_policy(settings["name"], settings.get("params"))
+            self._policy_key = key
+            self._versions = {}
+        if isinstance(self._policy, RidgeArms):
+            self._sync_ridge(self._policy)
+        return self._policy
+
+    def _sync_ridge(self, policy: RidgeArms) -> None:
+        active = {a["name"]: a for a in self.store.arms("active")}
+        versions = self.store.posterior_versions(RIDGE)
+        for name in list(policy.posteriors):
+            if name not in active:  # retired since
+                del policy.posteriors[name]
+                del policy.specs[name]
+                self._versions.pop(name, None)
+        for name, arm in active.items():
+            if name in policy.posteriors and self._versions.get(name) == versions.get(name):
+                continue
+            row = self.store.posterior(RIDGE, name)
+            spec = ArmSpec(name, arm["operator"], arm["params"])
+            if row is None:
+                schema, A, b = arm_prior(self.store, name, policy.lam)
+                post = Posterior.from_blobs(schema, policy.lam, ridge.dump(A), ridge.dump(b), 0, policy.refactor_every)
+            else:
+                post = Posterior.from_blobs(row["schema"], row["lam"], row["A"], row["b"], row["n"], policy.refactor_every)
+            policy.set_posterior(spec, post)
+            self._versions[name] = versions.get(name, 0)
+
+    # -- propose -------------------------------------------------------------------------
+    def propose(
+        self,
+        task: str,
+        contexts: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
+        candidates: Sequence[tuple[str, str]] | None = None,
+        seed: int | None = None,
+        recipes: Sequence[dict[str, Any]] | None = None,
+    ) -> Proposal:
+        """Score every (candidate, arm) action, pick one from the policy's pmf, log the event.
+
+        `contexts` holds one feature dict per candidate pair (or a single dict when no
+        pairs are given); `recipes`, when given, one merge recipe skeleton per candidate.
+        """
+        task = check_task_name(task)
+        if contexts is None:
+            contexts = [{}]
+        elif isinstance(contexts, Mapping):
+            contexts = [contexts]
+        contexts = [dict(c) for c in contexts]
+        for c in contexts:
+            try:
+                ridge.check_context(c)
+            except ValueError as e:
+                raise BanditError(str(e)) from None
+        if candidates is not None and len(candidates) != len(contexts):
+            raise BanditError("one context is needed per candidate pair")
+        if seed is None:
+            seed = secrets.randbits(63)
+        rng = np.random.default_rng(seed)
+
+        policy = self.policy()
+        arms = policy.arm_names
+        if not arms:
+            raise BanditError("no active arms: add one with `bandit arms add`")
+        actions = [Action(arm, ctx, c) for c, ctx in enumerate(contexts) for arm in arms]
+        decision = policy.decide(actions, rng)
+        chosen = actions[decision.chosen]
+        spec = policy.specs[chosen.arm]
+        operator, params = spec.operator, dict(spec.params)
+        pair = tuple(candidates[chosen.candidate]) if candidates is not None else (None, None)
+        recipe = {"merge_method": operator, "parameters": params}
+        if recipes is not None:
+            recipe = {**recipes[chosen.candidate], **recipe}
+
+        pmf_out = []
+        for a, p in zip(actions, decision.pmf):
+            entry: dict[str, Any] = {"arm": a.arm}
+            if candidates is not None:
+                entry["model_a"], entry["model_b"] = candidates[a.candidate]
+            entry["p"] = float(p)
+            pmf_out.append(entry)
+        event = {
+            "created_at": time.time(), "task": task, "policy": policy.name, "policy_params": policy.params(),
+            "candidates": [list(c) for c in candidates] if candidates is not None else None,
+            "contexts": contexts, "actions": [{"arm": a.arm, "candidate": a.candidate} for a in actions],
+            "pmf": [float(p) for p in decision.pmf], "chosen": decision.chosen, "arm": chosen.arm,
+            "model_a": pair[0], "model_b": pair[1], "prob": decision.prob,
+            "predicted": float(decision.means[decision.chosen]), "bonus": float(decision.bonuses[decision.chosen]),
+            "seed": int(seed), "recipe": recipe,
+        }
+        with self.store.transaction():
+            self.store.ensure_task(task)
+            event_id = self.store.insert_event(event)
+        return Proposal(
+            event_id=event_id, task=task, arm=chosen.arm, operator=operator, params=params,
+            prob=decision.prob, predicted=event["predicted"], bonus=event["bonus"], pmf=pmf_out,
+            policy=policy.name, seed=int(seed), model_a=pair[0], model_b=pair[1], recipe=recipe,
+        )
+
+    # -- reward --------------------------------------------------------------------------
+    def reward(self, event_id: int | str, value: float | str) -> RewardOutcome:
+        """Record a reward; the in-memory posterior follows without a reload when it can."""
+        before = self._versions.get
+        outcome = record_reward(self.store, event_id, value)
+        if outcome.duplicate or self._policy is None or not isinstance(self._policy, RidgeArms):
+            return outcome
+        post = self._policy.posteriors.get(outcome.arm)
+        if post is not None and before(outcome.arm) is not None and post.n + 1 == outcome.pulls:
+            # Our copy was current just before this reward: learn the same observation
+            # (Sherman–Morrison) instead of reloading and re-factoring.
+            post.learn(outcome.context, outcome.value)
+            self._versions[outcome.arm] = self._versions[outcome.arm] + 1
+        return outcome
+
+    # -- arms ----------------------------------------------------------------------------
+    def arms(self) -> list[dict[str, Any]]:
+        rows = self.store.arms()
+        return [
+            {"name": r["name"], "operator": r["operator"], "params": r["params"], "status": r["status"],
+             "warm_start_from": r["warm_start_from"]}
+            for r in rows
+        ]
+
+    def add_arm(
+        self, name: str, operator: str, params: dict[str, Any] | None = None,
+        warm_start_from: str | None = None, shrink: float = 0.1,
+    ) -> dict[str, Any]:
+        """A new arm, proposable at once: from the prior, or a shrunk copy of a donor arm
+        (A = λI + s·(A_d − λI), b = s·b_d) so it starts informed but not over-confident."""
+        check_arm_name(name)
+        params = validate_operator(operator, dict(params or {}))
+        if not (0.0 <= shrink <= 1.0) or math.isnan(shrink):
+            raise BanditError(f"--shrink must be in [0, 1], got {shrink}")
+        lam = self.policy_settings()["params"].get("lambda", 1.0)
+        with self.store.transaction():
+            if self.store.arm(name) is not None:
+                raise BanditError(f"arm {name!r} exists already")
+            prior = None
+            if warm_start_from is not None:
+                donor = self.store.posterior(RIDGE, warm_start_from)
+                if self.store.arm(warm_start_from) is None or donor is None:
+                    raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
+                post = Posterior.from_blobs(donor["schema"], donor["lam"], donor["A"], donor["b"]).shrunk_copy(shrink)
+                A, b = post.blobs()
+                prior = (post.schema, A, b)
+            self.store.insert_arm(
+                name, operator, params, warm_start_from=warm_start_from,
+                shrink=shrink if warm_start_from else None, prior=prior,
+            )
+            self._put_prior(name, lam)
+        return {"name": name, "operator": operator, "params": params, "warm_start_from": warm_start_from}
+
+    def retire_arm(self, name: str) -> None:
+        with self.store.transaction():
+            arm = self.store.arm(name)
+            if arm is None:
+                raise BanditError(f"no arm named {name!r}")
+            if arm["status"] == "retired":
+                return
+            self.store.set_arm_status(name, "retired")
+
+    # -- tasks ---------------------------------------------------------------------------
+    def add_task(self, name: str, probes: list[str] | None = None) -> bool:
+        import hashlib
+
+        name = check_task_name(name)
+        probe_hash = None
+        if probes is not None:
+            probes = [p for p in (s.strip() for s in probes) if p]
+            if not probes:
+                raise BanditError("the probe file holds no texts (one text per line)")
+            probe_hash = hashlib.sha256("\n".join(probes).encode()).hexdigest()[:16]
+        with self.store.transaction():
+            return self.store.upsert_task(name, probes, probe_hash)
+
+    # -- stats ---------------------------------------------------------------------------
+    def stats(self) -> list[dict[str, Any]]:
+        """Per arm: proposals, pulls (rewarded), mean reward, posterior mean at the average
+        context of all proposals, and share of proposals."""
+        total = self.store.count_events()
+        sums: dict[str, float] = {}
+        count = 0
+        for ev in self.store.events():
+            for k, v in chosen_context(ev).items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+        avg = {k: v / count for k, v in sums.items()} if count else {}
+        out = []
+        for r in self.store.arm_stats():
+            row = self.store.posterior(RIDGE, r["arm"])
+            post_mean = None
+            if row is not None:
+                post = Posterior.from_blobs(row["schema"], row["lam"], row["A"], row["b"], row["n"])
+                post_mean = float(post.mean_and_width([avg])[0][0])
+            out.append({
+                "arm": r["arm"], "operator": r["operator"], "status": r["status"], "proposals": r["proposals"],
+                "pulls": r["pulls"], "mean_reward": r["mean_reward"], "posterior_mean": post_mean,
+                "share": r["proposals"] / total if total else 0.0,
+            })
+        return out
+
+    # -- rebuild -------------------------------------------------------------------------
+    def recompute_posteriors(self) -> tuple[dict[str, tuple[list[str], Any, Any, int]], int]:
+        """Every arm's ridge statistics recomputed from its prior and the rewards, replayed
+        in the order they were recorded (the order the live ones were updated in)."""
+        lam_default = self.policy_settings()["params"].get("lambda", 1.0)
+        live = {r["arm"]: r for r in self.store.posteriors(RIDGE)}
+        state: dict[str, list] = {}
+        for arm in self.store.arms():
+            lam = live[arm["name"]]["lam"] if arm["name"] in live else lam_default
+            schema, A, b = arm_prior(self.store, arm["name"], lam)
+            state[arm["name"]] = [schema, A, b, 0, lam]
+        n_rewards = 0
+        for r in self.store.rewards_in_order():
+            st = state.get(r["arm"])
+            if st is None:
+                raise BanditError(f"reward for event {r['event_id']} names arm {r['arm']!r}, which is not in the arms table")
+            ctx = r["contexts"][r["actions"][r["chosen"]].get("candidate", 0)]
+            st[0], st[1], st[2] = ridge.extend(st[0], st[1], st[2], st[4], ridge.new_names(st[0], ctx))
+            ridge.update(st[1], st[2], ridge.vector(st[0], ctx), r["value"])
+            st[3] += 1
+            n_rewards += 1
+        return {k: (v[0], v[1], v[2], v[3], v[4]) for k, v in state.items()}, n_rewards
+
+    def rebuild(self, check: bool = False) -> RebuildReport:
+        """Recompute every posterior from events + rewards. With check, compare with the live
+        ones and change nothing; without, write the recomputed ones."""
+        with self.store.transaction():
+            fresh, n_rewards = self.recompute_posteriors()
+            live = {r["arm"]: r for r in self.store.posteriors(RIDGE)}
+            mismatched, max_diff = [], 0.0
+            for arm, (schema, A, b, n, lam) in fresh.items():
+                row = live.get(arm)
+                if row is None or row["schema"] != schema or row["n"] != n:
+                    mismatched.append(arm)
+                    continue
+                dA = np.max(np.abs(np.frombuffer(row["A"], "<f8") - np.frombuffer(ridge.dump(A), "<f8")))
+                db = np.max(np.abs(np.frombuffer(row["b"], "<f8") - np.frombuffer(ridge.dump(b), "<f8")))
+                diff = float(max(dA, db))
+                max_diff = max(max_diff, diff)
+                scale = max(1.0, float(np.max(np.abs(np.frombuffer(row["A"], "<f8")))))
+                if diff > 1e-12 * scale:
+                    mismatched.append(arm)
+            for arm in live:
+                if arm not in fresh:
+                    mismatched.append(arm)
+            if not check:
+                self.store.delete_posteriors(RIDGE)
+                for arm, (schema, A, b, n, lam) in fresh.items():
+                    version = live[arm]["version"] + 1 if arm in live else 1
+                    self.store.put_posterior(RIDGE, arm, schema, lam, ridge.dump(A), ridge.dump(b), n, version)
+        if not check:
+            self._versions = {}
+        return RebuildReport(len(fresh), n_rewards, max_diff, sorted(mismatched), not check)

@@ -1,0 +1,322 @@
+"""The Store: every SQL statement simmerge runs lives in this package.
+
+Connections run in autocommit mode; writes that belong together share one
+`BEGIN IMMEDIATE` transaction (`Store.transaction()`), so that concurrent `propose` and
+`reward` processes serialize on the write lock instead of failing or losing updates.
+The hot paths use the standard library's sqlite3 only; sqlite-utils (slow to import)
+creates and migrates the schema.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from store.errors import StoreError
+from store.schema import LATEST, migrate
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+def _row(cursor: sqlite3.Cursor, row: tuple) -> dict:
+    return {d[0]: v for d, v in zip(cursor.description, row)}
+
+
+class Store:
+    """One SQLite database: catalog (arms, tasks, models), events, rewards, posteriors, caches."""
+
+    def __init__(self, path: str | os.PathLike = "bandit.db"):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, not a database file")
+        if not self.path.parent.exists():
+            raise StoreError(f"{self.path}: folder {self.path.parent} does not exist")
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self.conn.row_factory = _row
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+            # NORMAL is durable across application crashes in WAL mode; only a power loss
+            # can drop the last transactions, and posteriors can be rebuilt from the log.
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            if self.conn.execute("PRAGMA user_version").fetchone()["user_version"] < LATEST:
+                migrate(self.conn)
+            elif self.conn.execute("PRAGMA user_version").fetchone()["user_version"] > LATEST:
+                migrate(self.conn)  # raises the "newer than this simmerge" error
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a usable SQLite database ({e})") from None
+        self._depth = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator["Store"]:
+        """BEGIN IMMEDIATE … COMMIT, rolled back on any exception. Nested uses join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    def _one(self, sql: str, params: tuple = ()) -> dict | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: tuple = ()) -> list[dict]:
+        return self.conn.execute(sql, params).fetchall()
+
+    # -- settings ------------------------------------------------------------------------
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self._one("SELECT value FROM settings WHERE key = ?", (key,))
+        return default if row is None else json.loads(row["value"])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # -- arms ----------------------------------------------------------------------------
+    def arms(self, status: str | None = None) -> list[dict]:
+        if status is None:
+            rows = self._all("SELECT * FROM arms ORDER BY created_at, name")
+        else:
+            rows = self._all("SELECT * FROM arms WHERE status = ? ORDER BY created_at, name", (status,))
+        for r in rows:
+            r["params"] = json.loads(r["params"])
+        return rows
+
+    def arm(self, name: str) -> dict | None:
+        r = self._one("SELECT * FROM arms WHERE name = ?", (name,))
+        if r is not None:
+            r["params"] = json.loads(r["params"])
+        return r
+
+    def count_arms(self) -> int:
+        return self._one("SELECT count(*) AS n FROM arms")["n"]
+
+    def insert_arm(
+        self, name: str, operator: str, params: dict, *, created_at: float | None = None,
+        warm_start_from: str | None = None, shrink: float | None = None,
+        prior: tuple[list[str], bytes, bytes] | None = None,
+    ) -> None:
+        prior_schema, prior_A, prior_b = (json.dumps(prior[0]), prior[1], prior[2]) if prior else (None, None, None)
+        try:
+            self.conn.execute(
+                "INSERT INTO arms(name, operator, params, status, created_at, warm_start_from, shrink, "
+                "prior_schema, prior_A, prior_b) VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                (name, operator, json.dumps(params, sort_keys=True), created_at or time.time(),
+                 warm_start_from, shrink, prior_schema, prior_A, prior_b),
+            )
+        except sqlite3.IntegrityError:
+            raise StoreError(f"arm {name!r} exists already") from None
+
+    def set_arm_status(self, name: str, status: str) -> None:
+        cur = self.conn.execute("UPDATE arms SET status = ? WHERE name = ?", (status, name))
+        if cur.rowcount == 0:
+            raise StoreError(f"no arm named {name!r}")
+
+    # -- tasks ---------------------------------------------------------------------------
+    def task(self, name: str) -> dict | None:
+        r = self._one("SELECT * FROM tasks WHERE name = ?", (name,))
+        if r is not None:
+            r["probes"] = json.loads(r["probes"]) if r["probes"] else []
+        return r
+
+    def tasks(self) -> list[dict]:
+        rows = self._all(
+            "SELECT t.name, t.probe_hash, t.created_at, json_array_length(coalesce(t.probes, '[]')) AS n_probes, "
+            "(SELECT count(*) FROM events e WHERE e.task = t.name) AS events FROM tasks t ORDER BY t.created_at, t.name"
+        )
+        return rows
+
+    def upsert_task(self, name: str, probes: list[str] | None, probe_hash: str | None) -> bool:
+        """Insert a task, or replace its probes when given. Returns True if it was new."""
+        existing = self._one("SELECT name FROM tasks WHERE name = ?", (name,))
+        if existing is None:
+            self.conn.execute(
+                "INSERT INTO tasks(name, probes, probe_hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, json.dumps(probes) if probes is not None else None, probe_hash, time.time()),
+            )
+            return True
+        if probes is not None:
+            self.conn.execute(
+                "UPDATE tasks SET probes = ?, probe_hash = ? WHERE name = ?", (json.dumps(probes), probe_hash, name)
+            )
+        return False
+
+    def ensure_task(self, name: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO tasks(name, probes, probe_hash, created_at) VALUES (?, NULL, NULL, ?)",
+            (name, time.time()),
+        )
+
+    # -- models --------------------------------------------------------------------------
+    def model(self, name: str) -> dict | None:
+        r = self._one("SELECT * FROM models WHERE name = ?", (name,))
+        if r is not None and r["config"]:
+            r["config"] = json.loads(r["config"])
+        return r
+
+    def models(self) -> list[dict]:
+        return self._all("SELECT name, path, base, fingerprint, created_at FROM models ORDER BY created_at, name")
+
+    def upsert_model(self, name: str, path: str, base: str | None, fingerprint: str, config: dict) -> None:
+        self.conn.execute(
+            "INSERT INTO models(name, path, base, fingerprint, config, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET path = excluded.path, base = excluded.base, "
+            "fingerprint = excluded.fingerprint, config = excluded.config",
+            (name, path, base, fingerprint, json.dumps(config), time.time()),
+        )
+
+    # -- events and rewards ----------------------------------------------------------------
+    def insert_event(self, event: dict) -> int:
+        cols = [
+            "created_at", "task", "policy", "policy_params", "candidates", "contexts", "actions", "pmf",
+            "chosen", "arm", "model_a", "model_b", "prob", "predicted", "bonus", "seed", "recipe",
+        ]
+        json_cols = {"policy_params", "candidates", "contexts", "actions", "pmf", "recipe"}
+        values = [json.dumps(event.get(c)) if c in json_cols and event.get(c) is not None else event.get(c) for c in cols]
+        cur = self.conn.execute(
+            f"INSERT INTO events({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values
+        )
+        return cur.lastrowid
+
+    @staticmethod
+    def _decode_event(r: dict | None) -> dict | None:
+        if r is None:
+            return None
+        for c in ("policy_params", "candidates", "contexts", "actions", "pmf", "recipe"):
+            if r.get(c) is not None:
+                r[c] = json.loads(r[c])
+        return r
+
+    def event(self, event_id: int) -> dict | None:
+        return self._decode_event(
+            self._one(
+                "SELECT e.*, r.value AS reward, r.created_at AS rewarded_at FROM events e "
+                "LEFT JOIN rewards r ON r.event_id = e.id WHERE e.id = ?",
+                (event_id,),
+            )
+        )
+
+    def events(self, *, rewarded_only: bool = False, task: str | None = None) -> Iterator[dict]:
+        """Events in id order, each with its reward (or None)."""
+        where, params = [], []
+        if rewarded_only:
+            where.append("r.value IS NOT NULL")
+        if task is not None:
+            where.append("e.task = ?")
+            params.append(task)
+        sql = (
+            "SELECT e.*, r.value AS reward, r.created_at AS rewarded_at FROM events e "
+            "LEFT JOIN rewards r ON r.event_id = e.id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY e.id"
+        )
+        for r in self.conn.execute(sql, params):
+            yield self._decode_event(r)
+
+    def reward_row(self, event_id: int) -> dict | None:
+        return self._one("SELECT * FROM rewards WHERE event_id = ?", (event_id,))
+
+    def insert_reward(self, event_id: int, value: float) -> None:
+        self.conn.execute(
+            "INSERT INTO rewards(event_id, value, created_at) VALUES (?, ?, ?)", (event_id, value, time.time())
+        )
+
+    def rewards_in_order(self) -> Iterator[dict]:
+        """Every reward joined to its event, in the order the rewards were recorded:
+        the order in which the live posteriors were updated."""
+        sql = (
+            "SELECT r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions FROM rewards r "
+            "JOIN events e ON e.id = r.event_id ORDER BY r.rowid"
+        )
+        for r in self.conn.execute(sql):
+            r["contexts"] = json.loads(r["contexts"])
+            r["actions"] = json.loads(r["actions"])
+            yield r
+
+    def arm_stats(self) -> list[dict]:
+        return self._all(
+            "SELECT a.name AS arm, a.operator, a.status, "
+            "(SELECT count(*) FROM events e WHERE e.arm = a.name) AS proposals, "
+            "(SELECT count(*) FROM events e JOIN rewards r ON r.event_id = e.id WHERE e.arm = a.name) AS pulls, "
+            "(SELECT avg(r.value) FROM events e JOIN rewards r ON r.event_id = e.id WHERE e.arm = a.name) AS mean_reward "
+            "FROM arms a ORDER BY a.created_at, a.name"
+        )
+
+    def count_events(self) -> int:
+        return self._one("SELECT count(*) AS n FROM events")["n"]
+
+    def count_rewards(self) -> int:
+        return self._one("SELECT count(*) AS n FROM rewards")["n"]
+
+    # -- posteriors ----------------------------------------------------------------------
+    def posterior(self, model: str, arm: str) -> dict | None:
+        r = self._one("SELECT * FROM posteriors WHERE model = ? AND arm = ?", (model, arm))
+        if r is not None:
+            r["schema"] = json.loads(r["schema"])
+        return r
+
+    def posteriors(self, model: str) -> list[dict]:
+        rows = self._all("SELECT * FROM posteriors WHERE model = ? ORDER BY arm", (model,))
+        for r in rows:
+            r["schema"] = json.loads(r["schema"])
+        return rows
+
+    def posterior_versions(self, model: str) -> dict[str, int]:
+        return {r["arm"]: r["version"] for r in self._all("SELECT arm, version FROM posteriors WHERE model = ?", (model,))}
+
+    def put_posterior(
+        self, model: str, arm: str, schema: list[str], lam: float, A: bytes, b: bytes, n: int, version: int
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO posteriors(model, arm, schema, lam, A, b, n, version, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, arm) DO UPDATE SET schema = excluded.schema, "
+            "lam = excluded.lam, A = excluded.A, b = excluded.b, n = excluded.n, version = excluded.version, "
+            "updated_at = excluded.updated_at",
+            (model, arm, json.dumps(schema), lam, A, b, n, version, time.time()),
+        )
+
+    def delete_posteriors(self, model: str) -> None:
+        self.conn.execute("DELETE FROM posteriors WHERE model = ?", (model,))
+
+    # -- feature cache ---------------------------------------------------------------------
+    def cached_features(self, key: str) -> dict | None:
+        r = self._one("SELECT features FROM features WHERE key = ?", (key,))
+        return None if r is None else json.loads(r["features"])
+
+    def put_features(self, key: str, row: dict, features: dict[str, float]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO features(key, model_a, model_b, base, fp_a, fp_b, fp_base, probe_hash, "
+            "feature_set, version, features, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, row.get("model_a"), row.get("model_b"), row.get("base"), row.get("fp_a"), row.get("fp_b"),
+             row.get("fp_base"), row.get("probe_hash"), row.get("feature_set"), row.get("version"),
+             json.dumps(features), time.time()),
+        )
