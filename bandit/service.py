@@ -21,7 +21,7 @@ from bandit.errors import BanditError
 from bandit.linucb import RidgeArms
 from bandit.policies import DEFAULT_POLICY, make_policy
 from bandit.policy import Action, ArmSpec
-from bandit.posterior import Posterior
+from bandit.posterior import Posterior, update_arrays
 from bandit.reward import RIDGE, RewardOutcome, arm_prior, chosen_context, record_reward
 from store import Store
 
@@ -73,6 +73,7 @@ class Service:
         self._policy = None
         self._policy_key = None
         self._versions: dict[str, int] = {}
+        self._known_tasks: set[str] = set()
         self._ensure_defaults()
 
     # -- set-up --------------------------------------------------------------------------
@@ -114,8 +115,10 @@ class Service:
         return self._policy
 
     def _sync_ridge(self, policy: RidgeArms) -> None:
-        active = {a["name"]: a for a in self.store.arms("active")}
-        versions = self.store.posterior_versions(RIDGE)
+        import json
+
+        active = {a["name"]: a for a in self.store.active_arms_with_versions(RIDGE)}
+        versions = {name: a["version"] for name, a in active.items()}
         for name in list(policy.posteriors):
             if name not in active:  # retired since
                 del policy.posteriors[name]
@@ -125,7 +128,7 @@ class Service:
             if name in policy.posteriors and self._versions.get(name) == versions.get(name):
                 continue
             row = self.store.posterior(RIDGE, name)
-            spec = ArmSpec(name, arm["operator"], arm["params"])
+            spec = ArmSpec(name, arm["operator"], json.loads(arm["params"]))
             if row is None:
                 schema, A, b = arm_prior(self.store, name, policy.lam)
                 post = Posterior.from_blobs(schema, policy.lam, ridge.dump(A), ridge.dump(b), 0, policy.refactor_every)
@@ -196,8 +199,10 @@ class Service:
             "seed": int(seed), "recipe": recipe,
         }
         with self.store.transaction():
-            self.store.ensure_task(task)
+            if task not in self._known_tasks:
+                self.store.ensure_task(task)
             event_id = self.store.insert_event(event)
+        self._known_tasks.add(task)
         return Proposal(
             event_id=event_id, task=task, arm=chosen.arm, operator=operator, params=params,
             prob=decision.prob, predicted=event["predicted"], bonus=event["bonus"], pmf=pmf_out,
@@ -208,7 +213,7 @@ class Service:
     def reward(self, event_id: int | str, value: float | str) -> RewardOutcome:
         """Record a reward; the in-memory posterior follows without a reload when it can."""
         before = self._versions.get
-        outcome = record_reward(self.store, event_id, value)
+        outcome = record_reward(self.store, event_id, value, update_arrays)
         if outcome.duplicate or self._policy is None or not isinstance(self._policy, RidgeArms):
             return outcome
         post = self._policy.posteriors.get(outcome.arm)
