@@ -58,6 +58,31 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
 
+class GreedyOption(click.Option):
+    """An option that takes every value up to the next option: `--models A B C`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        result = super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            original = opt.process
+
+            def process(value, state, _original=original):
+                # `value` is the first word; take the following ones until an option.
+                _original(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    _original(state.rargs.pop(0), state)
+
+            opt.process = process
+        return result
+
+
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
 
@@ -114,19 +139,45 @@ def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[
 
 @main.command()
 @click.option("--task", "-t", required=True, help="Task the merge is for (created on first use).")
+@click.option("--models", "-m", "models", cls=GreedyOption, metavar="A B [C ...]",
+              help="Registered fine-tunes to choose a pair from (features are computed and cached).")
 @click.option("--feature", "-f", "features", multiple=True, metavar="NAME=VALUE", help="One context feature (repeatable).")
 @click.option("--context-json", help="Context features as a JSON object.")
+@click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
+@click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
 @click.option("--seed", type=int, help="Seed for tie-breaking and sampling (logged either way).")
 @db_option
 @json_option
-def propose(task, features, context_json, seed, db_path, as_json):
-    """Choose a merge operator (an arm) for TASK and log the decision as an event."""
-    context = _parse_context(features, context_json)
-    p = _service(db_path).propose(task, context, seed=seed)
+def propose(task, models, features, context_json, structural_only, device, merge_to, seed, db_path, as_json):
+    """Choose a merge operator (an arm) for TASK and log the decision as an event.
+
+    With --models, every ordered pair of the models is a candidate: the policy picks the
+    operator, the pair and its order. Without, the context comes from --feature/--context-json.
+    """
+    from bandit.errors import BanditError
+
+    svc = _service(db_path)
+    if models:
+        if features or context_json:
+            raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
+        p = svc.propose_merge(task, models, seed=seed, structural_only=structural_only, device=device,
+                              progress=not as_json and sys.stderr.isatty())
+    else:
+        if merge_to:
+            raise BanditError("--merge-to needs --models: there is nothing to merge without models")
+        p = svc.propose(task, _parse_context(features, context_json), seed=seed)
+    merged = None
+    if merge_to:
+        merged = _merge_event(svc, p.event_id, merge_to, device, quiet=as_json)
     if as_json:
-        emit_json(p.to_dict())
+        out = p.to_dict()
+        if merged is not None:
+            out["merged"] = merged
+        emit_json(out)
         return
-    click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)})")
+    pair = f"  merge {p.model_a} + {p.model_b}" if p.model_a else ""
+    click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)}){pair}")
     click.echo(f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}")
     click.echo(f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}")
     click.echo(f"  report the result with: bandit reward {p.event_id} VALUE")
@@ -289,6 +340,47 @@ def rebuild(check, db_path, as_json):
 # ---------------------------------------------------------------------------------------
 # features and models
 # ---------------------------------------------------------------------------------------
+@main.group()
+def models():
+    """Register and list checkpoints (Hugging Face folders with safetensors)."""
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--base", help="Registered model this one was fine-tuned from.")
+@db_option
+@json_option
+def models_add(name, path, base, db_path, as_json):
+    """Register checkpoint folder PATH as NAME (re-registering updates it)."""
+    from bandit.catalog import add_model
+    from store import Store
+
+    with Store(db_path) as store:
+        row = add_model(store, name, path, base)
+    if as_json:
+        emit_json(row)
+    else:
+        of = f" (fine-tune of {base})" if base else ""
+        click.echo(f"registered {name}{of}: {row['tensors']} tensors, {row['bytes'] / 1e6:.1f} MB, "
+                   f"fingerprint {row['fingerprint'][:12]}")
+
+
+@models.command("list")
+@db_option
+@json_option
+def models_list(db_path, as_json):
+    """The registered models."""
+    from store import Store
+
+    with Store(db_path) as store:
+        rows = store.models()
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<20} base {r['base'] or '-':<14} {r['path']}")
+
 
 
 # ---------------------------------------------------------------------------------------
