@@ -366,6 +366,36 @@ def models_add(name, path, base, db_path, as_json):
                    f"fingerprint {row['fingerprint'][:12]}")
 
 
+@main.command("features")
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--task", "-t", help="Task whose probe texts to use (default: the built-in generic probes).")
+@click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@db_option
+@json_option
+def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_json):
+    """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached."""
+    from bandit.context import pair_features, task_probes
+    from bandit.errors import BanditError
+    from store import Store
+
+    with Store(db_path) as store:
+        probes = None
+        if task is not None and not structural_only:
+            if store.task(task) is None:
+                raise BanditError(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+            probes = task_probes(store, task)
+        pf = pair_features(store, model_a, model_b, probes, structural_only=structural_only, device=device,
+                           progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        emit_json({"model_a": model_a, "model_b": model_b, "cached": pf.cached, "features": pf.features})
+        return
+    click.echo(f"{model_a} vs {model_b} ({'cached' if pf.cached else 'computed'}):")
+    for k, v in pf.features.items():
+        click.echo(f"  {k:<22} {v: .6f}")
+
+
 @models.command("list")
 @db_option
 @json_option
