@@ -32,6 +32,8 @@ class TensorInfo:
     file: str
     dtype: str  # safetensors spelling: F32, BF16, ...
     shape: tuple[int, ...]
+    # Where the tensor's bytes start in its file: readers walk tensors in this order.
+    offset: int = 0
 
     @property
     def numel(self) -> int:
@@ -106,7 +108,8 @@ class Checkpoint:
             for name, info in header.items():
                 if name in self.tensors:
                     raise CheckpointError(f"{self.path}: tensor {name!r} stored twice ({self.tensors[name].file}, {file})")
-                self.tensors[name] = TensorInfo(name, file, info["dtype"], tuple(int(s) for s in info["shape"]))
+                self.tensors[name] = TensorInfo(name, file, info["dtype"], tuple(int(s) for s in info["shape"]),
+                                                int(info["data_offsets"][0]))
             self._headers[file] = (os.path.getsize(self.path / file), json.dumps(header, sort_keys=True))
         if self._index_map is not None:
             for name, file in self._index_map.items():
