@@ -114,6 +114,14 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "(defaults)"
 
 
+def _merge_event(svc, event_id: int, out_dir: str, device: str, quiet: bool, **engine_options) -> dict:
+    result = svc.merge_event(event_id, out_dir, device=device, progress=False if quiet else None, **engine_options)
+    if not quiet:
+        click.echo(f"merged {result.tensors} tensors with {result.operator} into {result.path} "
+                   f"({result.seconds:.1f} s on {result.device})")
+    return result.to_dict()
+
+
 def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[str, float]:
     from bandit.errors import BanditError
 
@@ -167,19 +175,20 @@ def propose(task, models, features, context_json, structural_only, device, merge
         if merge_to:
             raise BanditError("--merge-to needs --models: there is nothing to merge without models")
         p = svc.propose(task, _parse_context(features, context_json), seed=seed)
-    merged = None
-    if merge_to:
-        merged = _merge_event(svc, p.event_id, merge_to, device, quiet=as_json)
     if as_json:
         out = p.to_dict()
-        if merged is not None:
-            out["merged"] = merged
+        if merge_to:
+            out["merged"] = _merge_event(svc, p.event_id, merge_to, device, quiet=True)
         emit_json(out)
         return
     pair = f"  merge {p.model_a} + {p.model_b}" if p.model_a else ""
     click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)}){pair}")
     click.echo(f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}")
     click.echo(f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}")
+    if merge_to:
+        _merge_event(svc, p.event_id, merge_to, device, quiet=False)
+    elif p.model_a:
+        click.echo(f"  merge it with: bandit merge --event {p.event_id} --out DIR")
     click.echo(f"  report the result with: bandit reward {p.event_id} VALUE")
 
 

@@ -144,12 +144,13 @@ class Service:
         contexts: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
         candidates: Sequence[tuple[str, str]] | None = None,
         seed: int | None = None,
-        recipes: Sequence[dict[str, Any]] | None = None,
+        inputs: Sequence[tuple[str, list[str]]] | None = None,
     ) -> Proposal:
         """Score every (candidate, arm) action, pick one from the policy's pmf, log the event.
 
         `contexts` holds one feature dict per candidate pair (or a single dict when no
-        pairs are given); `recipes`, when given, one merge recipe skeleton per candidate.
+        pairs are given); `inputs`, when given, the (base path, model paths) each candidate
+        would merge, so the event carries a ready recipe.
         """
         task = check_task_name(task)
         if contexts is None:
@@ -178,9 +179,13 @@ class Service:
         spec = policy.specs[chosen.arm]
         operator, params = spec.operator, dict(spec.params)
         pair = tuple(candidates[chosen.candidate]) if candidates is not None else (None, None)
-        recipe = {"merge_method": operator, "parameters": params}
-        if recipes is not None:
-            recipe = {**recipes[chosen.candidate], **recipe}
+        if inputs is not None:
+            from merging.recipe import Recipe  # plain data, no torch
+
+            base_path, model_paths = inputs[chosen.candidate]
+            recipe = Recipe.from_arm(operator, params, model_paths, base_path).to_merge_layout()
+        else:
+            recipe = {"merge_method": operator, "parameters": params}
 
         pmf_out = []
         for a, p in zip(actions, decision.pmf):
