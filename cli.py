@@ -354,6 +354,7 @@ def rebuild(check, db_path, as_json):
               help="Operator parameter; per-model values as a list: weight=0.7,0.3. Repeatable.")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
               help="Recipe file (merge YAML layout or JSON) instead of --operator/--model.")
+@click.option("--event", "event_id", help="Run the merge that this proposal (event id) chose.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (must not exist or be empty).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", default=None, help="Working dtype of the recipe [default: float32]; math is float32 or float64.")
@@ -363,14 +364,29 @@ def rebuild(check, db_path, as_json):
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
               help="Register an operator from a module first. Repeatable.")
 @click.option("--allow-vocab-mismatch", is_flag=True, help="Merge embeddings and lm_head over the common rows.")
+@db_option
 @json_option
-def merge_cmd(operator, base, models, params, recipe_file, out_dir, device, dtype, out_dtype, shard_size,
-              seed, plugins, allow_vocab_mismatch, as_json):
-    """Merge checkpoints with one operator into a new Hugging Face folder."""
+def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, device, dtype, out_dtype, shard_size,
+              seed, plugins, allow_vocab_mismatch, db_path, as_json):
+    """Merge checkpoints with one operator into a new Hugging Face folder.
+
+    Three ways to say what to merge: --operator with --model (and --base, --param), a
+    --recipe file, or --event ID for the merge a proposal chose.
+    """
     from merging.engine import run_merge
     from merging.recipe import Recipe, parse_param_args
     from merging.registry import load_plugin
 
+    if event_id is not None:
+        if recipe_file or operator or models or base or params:
+            raise click.UsageError("--event takes the recipe from the proposal: no --recipe/--operator/--model/--param")
+        for ref in plugins:
+            load_plugin(ref)
+        result = _merge_event(_service(db_path), event_id, out_dir, device, quiet=as_json, shard_size=shard_size,
+                              allow_vocab_mismatch=allow_vocab_mismatch)
+        if as_json:
+            emit_json(result)
+        return
     if recipe_file and (operator or models or base or params):
         raise click.UsageError("give either --recipe or --operator/--base/--model/--param, not both")
     if not recipe_file and not (operator and models):

@@ -214,6 +214,47 @@ class Service:
             policy=policy.name, seed=int(seed), model_a=pair[0], model_b=pair[1], recipe=recipe,
         )
 
+    def propose_merge(
+        self, task: str, models: Sequence[str], *, seed: int | None = None, structural_only: bool = False,
+        device: str = "auto", progress: bool = False,
+    ) -> Proposal:
+        """Choose operator, order and pair for merging two of `models` (registered fine-tunes
+        of one base) for `task`: features for every ordered pair (cached), then `propose`."""
+        from bandit.context import common_base, pair_features, task_probes
+
+        task = check_task_name(task)
+        models = list(models)
+        if len(models) < 2:
+            raise BanditError("a merge needs at least two models (--models A B [C ...])")
+        if len(set(models)) != len(models):
+            raise BanditError("a model is named twice in --models")
+        base = common_base(self.store, models)
+        probes = None if structural_only else task_probes(self.store, task)
+        pairs = [(a, b) for a in models for b in models if a != b]
+        paths = {m: self.store.model(m)["path"] for m in models}
+        contexts = [
+            pair_features(self.store, a, b, probes, structural_only=structural_only, device=device,
+                          progress=progress).features
+            for a, b in pairs
+        ]
+        inputs = [(base["path"], [paths[a], paths[b]]) for a, b in pairs]
+        return self.propose(task, contexts, pairs, seed=seed, inputs=inputs)
+
+    def merge_event(self, event_id: int | str, out_dir: str, *, device: str = "auto", progress: bool | None = None,
+                    **engine_options: Any):
+        """Run the merge that event EVENT_ID proposed (its recipe, as logged) into out_dir."""
+        from bandit.reward import parse_event_id
+        from merging.engine import run_merge
+        from merging.recipe import Recipe
+
+        event_id = parse_event_id(event_id)
+        event = self.store.event(event_id)
+        if event is None:
+            raise BanditError(f"no event {event_id}")
+        if event["model_a"] is None or "models" not in (event["recipe"] or {}):
+            raise BanditError(f"event {event_id} was proposed without models (a context-only proposal): nothing to merge")
+        return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress, **engine_options)
+
     # -- reward --------------------------------------------------------------------------
     def reward(self, event_id: int | str, value: float | str) -> RewardOutcome:
         """Record a reward; the in-memory posterior follows without a reload when it can."""
