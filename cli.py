@@ -241,12 +241,18 @@ def arms_list(show_all, db_path, as_json):
 @click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Operator parameter (repeatable).")
 @click.option("--warm-start-from", metavar="ARM", help="Start from a shrunk copy of this arm's posterior.")
 @click.option("--shrink", type=float, default=0.1, show_default=True, help="Share of the donor's evidence kept.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
+              help="Load an operator from a module first (operators published through the "
+                   "`simmerge.operators` entry point need nothing).")
 @db_option
 @json_option
-def arms_add(name, operator, params, warm_start_from, shrink, db_path, as_json):
+def arms_add(name, operator, params, warm_start_from, shrink, plugins, db_path, as_json):
     """Add arm NAME: proposable at once, nothing else retrained."""
     from bandit.arms import parse_params
+    from merging.registry import load_plugin
 
+    for ref in plugins:
+        load_plugin(ref)
     arm = _service(db_path).add_arm(name, operator, parse_params(params), warm_start_from, shrink)
     if as_json:
         emit_json(arm)

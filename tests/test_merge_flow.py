@@ -144,3 +144,28 @@ def test_models_cli(tmp_path, family):
     assert res.exit_code == 1 and "architecture mismatch" in res.output
     res = runner.invoke(main, ["models", "list", "--db", db, "--json"])
     assert [m["name"] for m in json.loads(res.output)] == ["base", "a"]
+
+
+def test_plugin_operator_becomes_an_arm(svc, tmp_path):
+    """A user's own operator: an arm at once, proposed, merged by `merge --event --plugin`."""
+    db = str(svc.store.path)
+    runner = CliRunner()
+    res = runner.invoke(main, ["arms", "add", "mine", "--operator", "test_scaled_mean", "-p", "scale=1.0",
+                               "--plugin", "tests.test_operators:scaled_mean", "--db", db])
+    assert res.exit_code == 0, res.output
+    # without the plugin the operator is unknown: one line, exit 1, nothing added
+    res = runner.invoke(main, ["arms", "add", "mine2", "--operator", "no_such_operator_q", "--db", db])
+    assert res.exit_code == 1 and "no_such_operator_q" in res.output
+    svc2 = Service(db)
+    for a in svc2.arms():
+        if a["name"] != "mine":
+            svc2.retire_arm(a["name"])
+    p = svc2.propose_merge("t", ["a", "b"], seed=0, structural_only=True)
+    assert p.arm == "mine" and p.operator == "test_scaled_mean"
+    res = runner.invoke(main, ["merge", "--event", str(p.event_id), "--plugin", "tests.test_operators:scaled_mean",
+                               "--out", str(tmp_path / "mine"), "--db", db])
+    assert res.exit_code == 0, res.output
+    got, a, b = (load_tensors(tmp_path / "mine"), load_tensors(svc.store.model(p.model_a)["path"]),
+                 load_tensors(svc.store.model(p.model_b)["path"]))
+    name = "model.norm.weight"
+    assert torch.allclose(got[name], (a[name] + b[name]) / 2, atol=1e-6)
