@@ -523,5 +523,55 @@ def models_list(db_path, as_json):
 # ---------------------------------------------------------------------------------------
 
 
+@main.group()
+def zoo() -> None:
+    """The embedded tiny model zoo: a base and one expert per synthetic task."""
+
+
+@zoo.command("build")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Zoo folder (default: $SIMMERGE_HOME/zoo/SIZE or ~/.cache/simmerge/zoo/SIZE).")
+@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True,
+              help="tiny: ~0.9M params, minutes on a CPU; small: larger and slower; reduced: 3 tasks, for tests.")
+@json_option
+def zoo_build(directory, size, as_json) -> None:
+    """Build the zoo, or complete it: models already built with the same recipe are reused."""
+    from zoo.build import build_zoo
+
+    built = build_zoo(directory, size=size, progress=None if not as_json else False)
+    if as_json:
+        emit_json({"root": str(built.root), **built.manifest})
+        return
+    m = built.manifest
+    click.echo(f"zoo ({m['size']}, {m['parameters']:,} parameters per model) at {built.root}")
+    click.echo(f"built in {m['build_seconds']['total']:.1f} s; reused: {', '.join(m['reused']) or 'nothing'}")
+    click.echo(_accuracy_table(m["accuracy"], built.tasks))
+
+
+@main.command("eval")
+@click.argument("model_dir", type=click.Path())
+@click.option("--task", "tasks", multiple=True, required=True,
+              help="Task to score on; repeat it or separate with commas; 'all' = every task.")
+@json_option
+def eval_cmd(model_dir, tasks, as_json) -> None:
+    """Exact-match accuracy of MODEL_DIR on each task's held-out set."""
+    from zoo.evaluate import evaluate_folder
+
+    accuracy = evaluate_folder(model_dir, list(tasks))
+    if as_json:
+        emit_json({"model": model_dir, "accuracy": accuracy})
+        return
+    for task, acc in accuracy.items():
+        click.echo(f"{task}\t{acc:.4f}")
+
+
+def _accuracy_table(accuracy: dict, tasks: list[str]) -> str:
+    width = max(len(m) for m in accuracy)
+    lines = [" " * width + "  " + " ".join(f"{t[:8]:>8}" for t in tasks)]
+    for model, row in accuracy.items():
+        lines.append(f"{model:<{width}}  " + " ".join(f"{row[t]:8.3f}" for t in tasks))
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()
