@@ -565,6 +565,125 @@ def eval_cmd(model_dir, tasks, as_json) -> None:
         click.echo(f"{task}\t{acc:.4f}")
 
 
+def _zoo_progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="merge", dynamic_ncols=True, leave=False)
+
+
+def _load_or_build_zoo(directory, size: str, quiet: bool):
+    from zoo.errors import ZooError
+    from zoo.manifest import load_zoo
+
+    try:
+        return load_zoo(directory, size=size)
+    except ZooError:
+        from zoo.build import build_zoo
+
+        if not quiet:
+            click.echo(f"building the {size} zoo (once; it is cached) ...", err=True)
+        return build_zoo(directory, size=size, progress=None if not quiet else False)
+
+
+def _outcomes(z, out, device, structural_only, quiet):
+    from bandit.arms import DEFAULT_ARMS
+    from zoo.outcomes import build_outcomes
+
+    bar = _zoo_progress(len(z.pairs()) * len(DEFAULT_ARMS), not quiet and sys.stderr.isatty(), "outcome table")
+    try:
+        return build_outcomes(z, out, device=device, structural_only=structural_only,
+                              on_cell=lambda *cell: bar.update(1))
+    finally:
+        bar.close()
+
+
+def _outcome_report(s) -> str:
+    lines = [f"{s.rows} ordered expert pairs x {len(s.arms)} arms "
+             f"({s.merges_run} merges run, {s.merges_cached} from the cache)"]
+    lines.append(f"{'arm':<18} {'mean reward':>11} {'best on':>8}")
+    for arm in sorted(s.arms, key=lambda a: -s.arm_means[a]):
+        lines.append(f"{arm:<18} {s.arm_means[arm]:>11.4f} {s.wins[arm]:>8}")
+    lines.append(f"oracle (best arm per pair)  {s.oracle_mean:.4f}")
+    lines.append(f"best fixed arm              {s.best_fixed_arm} {s.best_fixed_mean:.4f}")
+    lines.append(f"gap a bandit can close      {s.gap:.4f}")
+    return "\n".join(lines)
+
+
+@zoo.command("outcomes")
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Outcome table to write (.csv or .jsonl).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
+@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--structural-only", is_flag=True, help="Weights-only features in the f: columns.")
+@json_option
+def zoo_outcomes(out, directory, size, device, structural_only, as_json):
+    """Merge every ordered expert pair with every default arm, evaluate, write the outcome table."""
+    z = _load_or_build_zoo(directory, size, as_json)
+    s = _outcomes(z, out, device, structural_only, as_json)
+    if as_json:
+        emit_json(s.to_dict())
+    else:
+        click.echo(_outcome_report(s))
+        click.echo(f"written to {out}")
+
+
+@main.command()
+@click.option("--rounds", type=click.IntRange(1), default=60, show_default=True, help="Merge requests to run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the request stream and the policy.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
+@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Learning curve PNG [default: next to the database].")
+@db_option
+@json_option
+def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
+    """The whole loop on the embedded zoo: propose, merge, evaluate, reward, for ROUNDS requests.
+
+    Builds the zoo and its outcome table first when they are missing (cached afterwards).
+    Ctrl-C stops cleanly; every finished round stays in the database.
+    """
+    import os
+
+    from zoo.demo import run_demo
+
+    z = _load_or_build_zoo(directory, size, as_json)
+    table = _outcomes(z, str(z.root / "outcomes.csv"), device, False, as_json)
+    if not as_json:
+        click.echo(_outcome_report(table))
+        click.echo("")
+        click.echo(f"{'round':>5}  {'request':<26} {'arm':<17} {'order':<5} {'reward':>6} {'mean':>6}")
+    plot = plot or os.path.splitext(db_path)[0] + "-learning-curve.png"
+
+    def show(r):
+        if as_json:
+            return
+        first = r.model_a.removeprefix("expert-")
+        order = "a,b" if r.task.startswith(first + "+") else "b,a"
+        click.echo(f"{r.round:>5}  {r.task:<26} {r.arm:<17} {order:<5} {r.reward:>6.3f} {r.running_mean:>6.3f}")
+
+    s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show)
+    if as_json:
+        emit_json(s.to_dict())
+        return
+    if s.interrupted:
+        click.echo(f"interrupted after {s.rounds} rounds; all of them are in {db_path}")
+    n = max(s.rounds, 1)
+    click.echo("")
+    click.echo(f"cumulative reward over {s.rounds} rounds (mean per round):")
+    click.echo(f"  bandit          {s.bandit:8.3f}  ({s.bandit / n:.4f})")
+    click.echo(f"  best fixed arm  {s.best_fixed:8.3f}  ({s.best_fixed / n:.4f})  [{s.best_fixed_arm}, chosen in hindsight]")
+    click.echo(f"  random arm      {s.random:8.3f}  ({s.random / n:.4f})")
+    click.echo(f"  oracle          {s.oracle:8.3f}  ({s.oracle / n:.4f})")
+    gap = s.oracle - s.best_fixed
+    if gap > 0:
+        click.echo(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%}")
+    click.echo(f"  first half mean {s.first_half_mean:.4f}, second half mean {s.second_half_mean:.4f}")
+    click.echo(f"  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
+    if s.plot:
+        click.echo(f"learning curve: {s.plot}")
+
+
 def _accuracy_table(accuracy: dict, tasks: list[str]) -> str:
     width = max(len(m) for m in accuracy)
     lines = [" " * width + "  " + " ".join(f"{t[:8]:>8}" for t in tasks)]
