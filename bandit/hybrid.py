@@ -70,7 +70,7 @@ class HybridLinUCB(Policy):
 
     def __init__(
         self, alpha: float = 1.0, lam: float = 1.0, epsilon: float = 0.05,
-        descriptor: str = "operator+params", refactor_every: int = 256,
+        descriptor: str = "operator+params", refactor_every: int = 256, arm_lam: float | None = None,
     ):
         super().__init__()
         if not alpha >= 0:
@@ -82,6 +82,12 @@ class HybridLinUCB(Policy):
         if descriptor not in DESCRIPTOR_KINDS:
             raise BanditError(f"descriptor must be one of {', '.join(DESCRIPTOR_KINDS)}, got {descriptor!r}")
         self.alpha, self.lam, self.epsilon = float(alpha), float(lam), float(epsilon)
+        # The per-arm ridge λ: larger says "an arm deviates little from what its descriptor
+        # predicts", which narrows a rarely pulled arm's width; equal to λ by default so
+        # that without descriptors this is exactly disjoint LinUCB.
+        self.arm_lam = float(arm_lam) if arm_lam is not None else self.lam
+        if not self.arm_lam > 0:
+            raise BanditError(f"arm_lambda must be > 0, got {arm_lam}")
         self.descriptor = descriptor
         self.refactor_every = int(refactor_every)
         self.features: list[str] = []  # context schema; x = [1, features...]
@@ -127,8 +133,8 @@ class HybridLinUCB(Policy):
             self.features.append(name)
         extra = len(names)
         for part in self.parts.values():
-            part.A = _grow_square(part.A, extra, self.lam)
-            part.A_inv = _grow_square(part.A_inv, extra, 1.0 / self.lam)
+            part.A = _grow_square(part.A, extra, self.arm_lam)
+            part.A_inv = _grow_square(part.A_inv, extra, 1.0 / self.arm_lam)
             part.B = np.vstack([part.B, np.zeros((extra, part.B.shape[1]))])
             part.b = np.concatenate([part.b, np.zeros(extra)])
             part.invalidate()
@@ -182,7 +188,7 @@ class HybridLinUCB(Policy):
         self._add_descriptor_names([k for k in dd if k not in self._didx])
         d, k = self.d, self.k
         if warm_start_from is None:
-            part = _ArmPart(self.lam * np.eye(d), np.zeros((d, k)), np.zeros(d))
+            part = _ArmPart(self.arm_lam * np.eye(d), np.zeros((d, k)), np.zeros(d))
         else:
             donor = self.parts.get(warm_start_from)
             if donor is None:
@@ -192,7 +198,7 @@ class HybridLinUCB(Policy):
             # The donor's evidence enters as pseudo-observations with z = 0: its residual
             # after the shared part (b_d − B_dβ̂), shrunk. B stays 0, so the shared
             # statistics A₀, b₀ stay consistent with what the arm really observed.
-            eye = self.lam * np.eye(d)
+            eye = self.arm_lam * np.eye(d)
             part = _ArmPart(eye + shrink * (donor.A - eye), np.zeros((d, k)),
                             shrink * (donor.b - donor.B @ self.beta))
         self.parts[arm.name] = part
@@ -265,4 +271,5 @@ class HybridLinUCB(Policy):
         return Decision(pmf=pmf, chosen=sample(pmf, rng), means=means, bonuses=bonuses)
 
     def params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "lambda": self.lam, "epsilon": self.epsilon, "descriptor": self.descriptor}
+        return {"alpha": self.alpha, "lambda": self.lam, "arm_lambda": self.arm_lam, "epsilon": self.epsilon,
+                "descriptor": self.descriptor}

@@ -23,7 +23,7 @@ from bandit.policy import Action, Decision
 class LinTS(RidgeArms):
     name = "lints"
 
-    def __init__(self, v: float = 0.5, lam: float = 1.0, epsilon: float = 0.05, draws: int = 1000,
+    def __init__(self, v: float = 0.2, lam: float = 1.0, epsilon: float = 0.05, draws: int = 1000,
                  refactor_every: int = 256):
         super().__init__(lam=lam, epsilon=epsilon, refactor_every=refactor_every)
         if not v >= 0:

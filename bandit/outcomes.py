@@ -142,6 +142,20 @@ def default_arm_specs() -> list[ArmSpec]:
     return [ArmSpec(n, op, p) for n, op, p in DEFAULT_ARMS]
 
 
+def variant_arm_specs() -> list[ArmSpec]:
+    """25 arms: the usual operators over a grid of their main parameter. Neighbours on the
+    grid behave alike, which is the situation where sharing through descriptors pays."""
+    specs = []
+    for op in ("ties", "dare_ties", "dare_linear", "breadcrumbs_ties"):
+        for density in (0.2, 0.4, 0.6, 0.8):
+            specs.append(ArmSpec(f"{op}@{density}", op, {"density": density}))
+    for op, key, values in (("linear", "weight", (0.3, 0.5, 0.7)), ("slerp", "t", (0.3, 0.5, 0.7)),
+                            ("task_arithmetic", "lambda", (0.5, 1.0, 1.5))):
+        for v in values:
+            specs.append(ArmSpec(f"{op}@{v}", op, {key: v}))
+    return specs
+
+
 def synthetic_outcomes(
     n_rows: int = 1000, arms: Sequence[ArmSpec] | None = None, n_features: int = 4,
     noise: float = 0.05, arm_specific: float = 0.3, tasks: Sequence[str] = ("task0", "task1", "task2"),

@@ -43,15 +43,17 @@ def _linucb(params: dict[str, Any]) -> Policy:
 def _hybrid(params: dict[str, Any]) -> Policy:
     from bandit.hybrid import HybridLinUCB
 
-    p = _take(params, "hybrid", {"alpha": 1.0, "lambda": 1.0, "epsilon": 0.05, "descriptor": "operator+params"})
+    p = _take(params, "hybrid", {"alpha": 1.0, "lambda": 1.0, "arm_lambda": None, "epsilon": 0.05,
+                                 "descriptor": "operator+params"})
     return HybridLinUCB(alpha=_num(p["alpha"], "alpha"), lam=_num(p["lambda"], "lambda"),
-                        epsilon=_num(p["epsilon"], "epsilon"), descriptor=str(p["descriptor"]))
+                        epsilon=_num(p["epsilon"], "epsilon"), descriptor=str(p["descriptor"]),
+                        arm_lam=None if p["arm_lambda"] is None else _num(p["arm_lambda"], "arm_lambda"))
 
 
 def _lints(params: dict[str, Any]) -> Policy:
     from bandit.lints import LinTS
 
-    p = _take(params, "lints", {"v": 0.5, "lambda": 1.0, "epsilon": 0.05, "draws": 1000})
+    p = _take(params, "lints", {"v": 0.2, "lambda": 1.0, "epsilon": 0.05, "draws": 1000})
     draws = p["draws"]
     if isinstance(draws, bool) or not isinstance(draws, (int, float)) or draws != int(draws):
         raise BanditError(f"parameter 'draws' must be a whole number, got {draws!r}")

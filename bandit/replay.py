@@ -362,3 +362,21 @@ def plot_regret(results: Sequence[PolicyResult], path: str | os.PathLike, title:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def replay_outcomes(
+    path: str | os.PathLike, policies: Sequence[str], seeds: int = 20, add_arm: AddArm | None = None,
+    new_task: NewTask | None = None, known_arms: Mapping[str, ArmSpec] | None = None, jobs: int = 1,
+    plot: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Read an outcome table, replay the policies on it, and return the report (and plot it)."""
+    from bandit.outcomes import read_outcomes
+
+    table = read_outcomes(path)
+    results = replay(table, policies, seeds, add_arm, new_task, arm_specs_for(table.arms, known_arms), jobs, progress)
+    report = summarize(table, results, add_arm, new_task)
+    report["source"] = str(path)
+    if plot is not None:
+        plot_regret(results, plot, add_arm=add_arm, new_task=new_task)
+        report["plot"] = str(plot)
+    return report
