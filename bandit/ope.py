@@ -86,11 +86,13 @@ def replay_value(decisions: Sequence[LoggedDecision], settings: Mapping[str, Any
     return np.asarray(accepted, dtype=np.float64), info
 
 
-def _ridge_predictions(decisions: Sequence[LoggedDecision], folds: int, lam: float,
-                       rng: np.random.Generator) -> list[np.ndarray]:
-    """Cross-fitted r̂(x, a) for every action of every decision."""
+def _ridge_predictions(decisions: Sequence[LoggedDecision], folds: int, lam: float) -> list[np.ndarray]:
+    """Cross-fitted r̂(x, a) for every action of every decision. Folds interleave (event i
+    is in fold i mod folds), so each fold spans the whole log period; each arm's model is
+    a ridge fit of the reward minus the training folds' mean (an arm with no training data
+    predicts that mean rather than 0)."""
     n = len(decisions)
-    fold = rng.permutation(np.arange(n) % folds)
+    fold = np.arange(n) % folds
     preds: list[np.ndarray] = [np.empty(0)] * n
     for f in range(folds):
         train = [d for d, g in zip(decisions, fold) if g != f]
@@ -146,7 +148,7 @@ def evaluate_logged(
     r = np.array([d.reward for d in logged])
     p = np.array([d.prob for d in logged])
     w = np.array([pi_i[d.chosen] for pi_i, d in zip(pi, logged)]) / p
-    rhat = _ridge_predictions(logged, folds, lam, rng)
+    rhat = _ridge_predictions(logged, folds, lam)
     direct = np.array([float(pi_i @ rh) for pi_i, rh in zip(pi, rhat)])
     rhat_chosen = np.array([rh[d.chosen] for rh, d in zip(rhat, logged)])
     ips_terms = w * r
