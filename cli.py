@@ -380,6 +380,10 @@ def _print_logged(rep: dict) -> None:
 @json_option
 def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, db_path, as_json):
     """Evaluate policies offline: on an outcome table, or on a decision log."""
+    # The policies' matrices are small; threaded BLAS only makes the replay processes fight
+    # over the cores. Effective when numpy is not loaded yet, as in a fresh `bandit` process.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     from bandit.errors import BanditError
 
     if (outcomes is None) == (logged is None):
