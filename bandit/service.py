@@ -134,8 +134,12 @@ class Service:
                     policy, header = VWPolicy.load(self.vw_path())
                 except (BanditError, OSError, KeyError, ValueError, RuntimeError):
                     policy, header = None, {}  # unreadable: relearn from the log, overwrite it
-                if policy is not None and header.get("settings") == settings:
-                    self._learned = set(header.get("learned_events", []))
+                learned = set(header.get("learned_events", []))
+                # A file from another policy, or one that learned rewards this database does
+                # not hold (say, the database was restored from a backup), is relearned.
+                if (policy is not None and header.get("settings") == settings
+                        and learned <= set(self.store.rewarded_event_ids())):
+                    self._learned = learned
                     return policy
         return make_policy(settings["name"], settings.get("params"))
 

@@ -314,3 +314,28 @@ def test_service_vw_workspace_saved_next_to_the_database(tmp_path):
     assert p2.arm == p1.arm
     np.testing.assert_allclose([e["p"] for e in p2.pmf], [e["p"] for e in p1.pmf], rtol=1e-6)
     assert len(fresh._learned) == 10  # loaded from the file, not relearned
+
+
+def test_service_relearns_a_vw_workspace_that_does_not_match_the_database(tmp_path):
+    from bandit.service import Service
+
+    db = tmp_path / "b.db"
+    svc = Service(db)
+    svc.set_policy("vw", {})
+    for i in range(6):
+        p = svc.propose("t", {"a": i / 6}, seed=i)
+        svc.reward(p.event_id, 0.5)
+    svc.propose("t", {"a": 0.1}, seed=1)  # syncs and saves the workspace
+    saved = (tmp_path / "b.db.vw").read_bytes()
+    # a fresh database with the same file next to it: the file's rewards are not there
+    db2 = tmp_path / "c.db"
+    (tmp_path / "c.db.vw").write_bytes(saved)
+    other = Service(db2)
+    other.set_policy("vw", {})
+    other.propose("t", {"a": 0.1}, seed=1)
+    assert other._learned == set()
+    # a corrupt file is relearned too, not an error
+    (tmp_path / "b.db.vw").write_bytes(b"garbage")
+    again = Service(db)
+    again.propose("t", {"a": 0.1}, seed=2)
+    assert len(again._learned) == 6
