@@ -141,6 +141,8 @@ def evaluate_logged(
     from bandit.replay import arm_specs_for
 
     names = list(dict.fromkeys(a["arm"] for d in logged for a in d.actions))
+    if settings["name"] == "fixed" and settings["params"].get("arm") not in names:
+        raise BanditError(f"target fixed: arm {settings['params'].get('arm')!r} was never offered in the log")
     specs = arm_specs_for(names, specs)
     rng = np.random.default_rng([seed, 4])
 

@@ -179,6 +179,8 @@ def replay(
     for p in policies:
         settings = parse_policy_spec(p) if isinstance(p, str) else dict(p)
         make_policy(settings["name"], settings.get("params"))  # fail before any work
+        if settings["name"] == "fixed" and settings["params"].get("arm") not in table.arms:
+            raise BanditError(f"policy {p!r}: the table has no reward column r:{settings['params'].get('arm')}")
         results.append(PolicyResult(policy_label(settings), settings))
     jobs_list = [(i, s) for i in range(len(results)) for s in range(seeds)]
     contexts = table.contexts()

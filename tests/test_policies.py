@@ -65,7 +65,7 @@ def test_hybrid_equals_disjoint_linucb_without_descriptors():
 
 def _reference_hybrid(history, arms, descs, lam, d):
     """Li et al. (2010) Algorithm 2 written out with explicit inverses, as a reference."""
-    k = d * len(descs[arms[0]])
+    k = d * len(next(iter(descs.values())))
     A0, b0 = lam * np.eye(k), np.zeros(k)
     A = {a: lam * np.eye(d) for a in arms}
     B = {a: np.zeros((d, k)) for a in arms}
@@ -95,25 +95,33 @@ def _reference_hybrid(history, arms, descs, lam, d):
     return score
 
 
-def test_hybrid_matches_the_papers_algorithm():
+def test_hybrid_matches_the_papers_algorithm_while_growing():
+    """Our incremental hybrid (rank-one A₀ updates, schemas that grow when a feature or an
+    arm with new descriptor components appears) against the paper's algorithm run with
+    every dimension from the start: past rows had the late ones at 0, so they must agree."""
+    from bandit.descriptors import arm_descriptor
+
+    late_arm = ArmSpec("slerp", "slerp", {"t": 0.3})
     pol = _with_arms(HybridLinUCB(alpha=1.0, lam=1.5, epsilon=0.0))
     rng = np.random.default_rng(3)
     history = []
-    for i in range(60):
+    for i in range(90):
+        if i == 30:
+            pol.add_arm(late_arm)
         ctx = {"a": float(rng.uniform(-1, 1)), "b": float(rng.uniform(0, 1))}
-        arm = ARMS[i % 3].name
+        if i >= 50:
+            ctx["c"] = float(rng.uniform(-1, 1))  # a feature nobody has seen before
+        arm = pol.arm_names[i % len(pol.arm_names)]
         r = float(rng.normal(0.5, 0.2))
         pol.learn_one(arm, ctx, r)
-        history.append((arm, np.array([1.0, ctx["a"], ctx["b"]]), r))
-    # the reference's z = x ⊗ d in row-major order; ours stores the same pairs in its own order
-    descs = {a: np.array([pol.desc[a][j] for j in range(len(pol.desc_names))]) for a in pol.arm_names}
-    order = np.lexsort((pol.zj, pol.zi))  # our coordinates sorted as (feature, descriptor)
-    assert np.array_equal(pol.zi[order], np.repeat(np.arange(3), len(pol.desc_names)))
-    ref = _reference_hybrid(history, pol.arm_names, descs, 1.5, 3)
-    test_ctx = {"a": 0.3, "b": 0.8}
+        history.append((arm, np.array([1.0, ctx["a"], ctx["b"], ctx.get("c", 0.0)]), r))
+    names = sorted({k for s in ARMS + [late_arm] for k in arm_descriptor(s)})
+    descs = {s.name: np.array([arm_descriptor(s).get(n, 0.0) for n in names]) for s in ARMS + [late_arm]}
+    ref = _reference_hybrid(history, pol.arm_names, descs, 1.5, 4)
+    test_ctx = {"a": 0.3, "b": 0.8, "c": -0.2}
     means, widths = pol.scores([Action(a, test_ctx) for a in pol.arm_names])
     for i, arm in enumerate(pol.arm_names):
-        m, w = ref(arm, np.array([1.0, 0.3, 0.8]))
+        m, w = ref(arm, np.array([1.0, 0.3, 0.8, -0.2]))
         assert means[i] == pytest.approx(m, rel=1e-8, abs=1e-10)
         assert widths[i] == pytest.approx(w, rel=1e-8)
 

@@ -121,6 +121,8 @@ def test_arrival_orders_and_scenarios(small):
         replay(small, ["linucb"], seeds=1, new_task=NewTask(10, "nope"))
     with pytest.raises(BanditError):
         replay(small, ["linucb:alpha=x"], seeds=1)
+    with pytest.raises(BanditError, match="no reward column"):
+        replay(small, ["fixed:nope"], seeds=1)
 
 
 def test_interval_and_gap_closure_by_hand():
@@ -184,6 +186,8 @@ def test_estimators_by_hand_on_a_tiny_log():
 
     with pytest.raises(BanditError, match="at least 2"):
         evaluate_logged(uniform[:1], "fixed:A")
+    with pytest.raises(BanditError, match="never offered"):
+        evaluate_logged(uniform, "fixed:C")
 
 
 def _synthetic_log(t: OutcomeTable, skewed: bool, seed: int) -> list[LoggedDecision]:
