@@ -118,8 +118,12 @@ def _ridge_predictions(decisions: Sequence[LoggedDecision], folds: int, lam: flo
     return preds
 
 
-def _percentile(samples: np.ndarray, point: float) -> dict[str, float]:
-    lo, hi = np.percentile(samples, [2.5, 97.5]) if len(samples) else (np.nan, np.nan)
+def _percentile(samples: np.ndarray, point: float) -> dict[str, float | None]:
+    """Point estimate and 95 % percentile interval; None where undefined (e.g. SNIPS when
+    the target never agrees with the log), so JSON output stays valid."""
+    if not np.isfinite(point):
+        return {"value": None, "low": None, "high": None}
+    lo, hi = np.percentile(samples, [2.5, 97.5]) if len(samples) else (point, point)
     return {"value": float(point), "low": float(lo), "high": float(hi)}
 
 
