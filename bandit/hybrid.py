@@ -18,7 +18,11 @@ so growing every matrix with λ on the new diagonal keeps the statistics exact.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,8 @@ from bandit.descriptors import DESCRIPTOR_KINDS, arm_descriptor
 from bandit.errors import BanditError
 from bandit.exploration import epsilon_floor, sample
 from bandit.policy import Action, ArmSpec, Decision, Policy
+
+FORMAT = "simmerge-hybrid/1"
 
 
 def _inverse_spd(A: np.ndarray) -> np.ndarray:
@@ -273,3 +279,64 @@ class HybridLinUCB(Policy):
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "lambda": self.lam, "arm_lambda": self.arm_lam, "epsilon": self.epsilon,
                 "descriptor": self.descriptor}
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, extra_header: Mapping[str, Any] | None = None) -> None:
+        """Every array of the state (inverses included, so a reloaded policy continues bit
+        for bit) in one .npz with a JSON header; written to a temporary sibling and renamed."""
+        path = Path(path)
+        names = list(self.parts)
+        header = {
+            "format": FORMAT, "params": self.params(), "features": self.features, "desc_names": self.desc_names,
+            "shared_updates": self._shared_updates,
+            "arms": [{"name": n, "operator": self.specs[n].operator, "params": dict(self.specs[n].params),
+                      "n": self.parts[n].n, "since_refactor": self.parts[n].since_refactor} for n in names],
+            **dict(extra_header or {}),
+        }
+        arrays = {"header": np.array(json.dumps(header)), "zi": self.zi, "zj": self.zj, "A0": self.A0,
+                  "b0": self.b0, "A0_inv": self.A0_inv, "beta": self.beta}
+        for i, n in enumerate(names):
+            part = self.parts[n]
+            arrays.update({f"A_{i}": part.A, f"A_inv_{i}": part.A_inv, f"B_{i}": part.B, f"b_{i}": part.b})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; like the database, others may read it
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> tuple["HybridLinUCB", dict[str, Any]]:
+        """The policy saved at `path` and the file's header."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header"]))
+                if header.get("format") != FORMAT:
+                    raise ValueError("wrong format")
+                p = header["params"]
+                policy = cls(alpha=p["alpha"], lam=p["lambda"], epsilon=p["epsilon"], descriptor=p["descriptor"],
+                             arm_lam=p["arm_lambda"])
+                policy.features = list(header["features"])
+                policy._fidx = {k: i + 1 for i, k in enumerate(policy.features)}
+                policy.desc_names = list(header["desc_names"])
+                policy._didx = {k: i for i, k in enumerate(policy.desc_names)}
+                policy.zi, policy.zj = z["zi"].astype(np.intp), z["zj"].astype(np.intp)
+                policy.A0, policy.b0, policy.A0_inv, policy.beta = z["A0"], z["b0"], z["A0_inv"], z["beta"]
+                policy._shared_updates = int(header["shared_updates"])
+                for i, a in enumerate(header["arms"]):
+                    spec = ArmSpec(a["name"], a["operator"], a["params"])
+                    part = _ArmPart(z[f"A_{i}"], z[f"B_{i}"], z[f"b_{i}"], int(a["n"]))
+                    part.A_inv = z[f"A_inv_{i}"]
+                    part.since_refactor = int(a["since_refactor"])
+                    dd = arm_descriptor(spec, policy.descriptor)
+                    policy.parts[spec.name] = part
+                    policy._desc_dicts[spec.name] = dd
+                    policy.desc[spec.name] = policy._desc_vector(dd)
+                    policy.specs[spec.name] = spec
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise BanditError(f"{path}: not a simmerge hybrid state ({e})") from None
+        return policy, header

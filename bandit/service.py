@@ -75,6 +75,7 @@ class Service:
         self._versions: dict[str, int] = {}
         self._active: set[str] = set()  # arms the live policy may propose
         self._learned: set[int] = set()  # rewarded events a log-fed policy has learned
+        self._snapshot_size = -1  # how many of them the snapshot on disk holds (-1: none)
         self._ensure_defaults()
 
     # -- set-up --------------------------------------------------------------------------
@@ -118,29 +119,51 @@ class Service:
         return self._policy
 
     # -- policies fed from the log (hybrid, vw, baselines) ---------------------------------
+    # Their learned state is derived from events + rewards like the ridge posteriors; a
+    # snapshot next to the database (VW's workspace, hybrid's matrices) saves relearning
+    # the whole log in every new process. It records which rewarded events it holds.
+    SNAPSHOT_SUFFIX = {"vw": ".vw", "hybrid": ".hybrid.npz"}
+    # Writing a snapshot costs a few ms; a process that loads one relearns the rewards
+    # after it, so it is rewritten only once it lags this many rewards behind.
+    SNAPSHOT_EVERY = 32
+
     def vw_path(self) -> str:
         """The VW workspace of this database: saved next to it."""
-        return str(self.store.path) + ".vw"
+        return str(self.store.path) + self.SNAPSHOT_SUFFIX["vw"]
 
-    def _build_policy(self, settings: dict[str, Any]) -> Policy:
-        self._learned = set()
-        if settings["name"] == "vw":
-            import os
+    def snapshot_path(self, policy_name: str) -> str | None:
+        suffix = self.SNAPSHOT_SUFFIX.get(policy_name)
+        return None if suffix is None else str(self.store.path) + suffix
 
+    @staticmethod
+    def _snapshot_class(policy_name: str):
+        if policy_name == "vw":
             from bandit.vw import VWPolicy
 
-            if os.path.exists(self.vw_path()):
-                try:
-                    policy, header = VWPolicy.load(self.vw_path())
-                except (BanditError, OSError, KeyError, ValueError, RuntimeError):
-                    policy, header = None, {}  # unreadable: relearn from the log, overwrite it
-                learned = set(header.get("learned_events", []))
-                # A file from another policy, or one that learned rewards this database does
-                # not hold (say, the database was restored from a backup), is relearned.
-                if (policy is not None and header.get("settings") == settings
-                        and learned <= set(self.store.rewarded_event_ids())):
-                    self._learned = learned
-                    return policy
+            return VWPolicy
+        from bandit.hybrid import HybridLinUCB
+
+        return HybridLinUCB
+
+    def _build_policy(self, settings: dict[str, Any]) -> Policy:
+        import os
+
+        self._learned = set()
+        self._snapshot_size = -1
+        path = self.snapshot_path(settings["name"])
+        if path is not None and os.path.exists(path):
+            try:
+                policy, header = self._snapshot_class(settings["name"]).load(path)
+            except (BanditError, OSError, KeyError, ValueError, RuntimeError):
+                policy, header = None, {}  # unreadable: relearn from the log, overwrite it
+            learned = set(header.get("learned_events", []))
+            # A snapshot of other settings, or one that learned rewards this database does
+            # not hold (say, the database was restored from a backup), is relearned.
+            if (policy is not None and header.get("settings") == settings
+                    and learned <= set(self.store.rewarded_event_ids())):
+                self._learned = learned
+                self._snapshot_size = len(learned)
+                return policy
         return make_policy(settings["name"], settings.get("params"))
 
     def _sync_from_log(self, policy: Policy) -> None:
@@ -163,8 +186,11 @@ class Service:
                        for a in r["actions"]]
             policy.learn_decision(actions, r["chosen"], r["value"], r["prob"])
             self._learned.add(r["event_id"])
-        if policy.name == "vw":
-            policy.save(self.vw_path(), {"settings": self.policy_settings(), "learned_events": sorted(self._learned)})
+        path = self.snapshot_path(policy.name)
+        if path is not None and (self._snapshot_size < 0
+                                 or len(self._learned) - self._snapshot_size >= self.SNAPSHOT_EVERY):
+            policy.save(path, {"settings": self.policy_settings(), "learned_events": sorted(self._learned)})
+            self._snapshot_size = len(self._learned)
 
     def set_policy(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Choose the live policy. Its settings are checked by building it once; `fixed`

@@ -195,6 +195,7 @@ class VWPolicy(Policy):
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps(header).encode() + b"\n" + model)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; like the database, others may read it
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
