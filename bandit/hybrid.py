@@ -7,7 +7,9 @@ Expected reward zᵀβ + xᵀθ_a. Because β is learned from every arm's reward
 scores zᵀβ̂ from its first round: it is informed by the arms that resemble it.
 
 State (λ replaces the paper's identity so the prior matches the disjoint policy's):
-A₀ = λI + …, b₀ (shared); per arm A_a = λI + Σxxᵀ, B_a = Σxzᵀ, b_a = Σr·x.
+A₀ = λI + …, b₀ (shared); per arm A_a = λ_aI + Σxxᵀ, B_a = Σxzᵀ, b_a = Σr·x, with the
+per-arm λ_a (`arm_lambda`) equal to λ unless set. The paper's two-step update of A₀ is a
+rank-one change, so A₀⁻¹ follows by Sherman–Morrison (see `learn_one`).
 β̂ = A₀⁻¹b₀, θ̂_a = A_a⁻¹(b_a − B_a β̂), and the width
 s = zᵀA₀⁻¹z − 2zᵀA₀⁻¹B_aᵀA_a⁻¹x + xᵀA_a⁻¹x + xᵀA_a⁻¹B_aA₀⁻¹B_aᵀA_a⁻¹x,
 which with w = B_aᵀA_a⁻¹x is (z − w)ᵀA₀⁻¹(z − w) + xᵀA_a⁻¹x — one quadratic form per
