@@ -58,6 +58,31 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
 
+class GreedyOption(click.Option):
+    """An option that takes every value up to the next option: `--models A B C`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        result = super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            original = opt.process
+
+            def process(value, state, _original=original):
+                # `value` is the first word; take the following ones until an option.
+                _original(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    _original(state.rargs.pop(0), state)
+
+            opt.process = process
+        return result
+
+
 def emit_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
 
@@ -89,6 +114,14 @@ def _fmt_params(params: dict) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "(defaults)"
 
 
+def _merge_event(svc, event_id: int, out_dir: str, device: str, quiet: bool, **engine_options) -> dict:
+    result = svc.merge_event(event_id, out_dir, device=device, progress=False if quiet else None, **engine_options)
+    if not quiet:
+        click.echo(f"merged {result.tensors} tensors with {result.operator} into {result.path} "
+                   f"({result.seconds:.1f} s on {result.device})")
+    return result.to_dict()
+
+
 def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[str, float]:
     from bandit.errors import BanditError
 
@@ -114,21 +147,48 @@ def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[
 
 @main.command()
 @click.option("--task", "-t", required=True, help="Task the merge is for (created on first use).")
+@click.option("--models", "-m", "models", cls=GreedyOption, metavar="A B [C ...]",
+              help="Registered fine-tunes to choose a pair from (features are computed and cached).")
 @click.option("--feature", "-f", "features", multiple=True, metavar="NAME=VALUE", help="One context feature (repeatable).")
 @click.option("--context-json", help="Context features as a JSON object.")
+@click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
+@click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
 @click.option("--seed", type=int, help="Seed for tie-breaking and sampling (logged either way).")
 @db_option
 @json_option
-def propose(task, features, context_json, seed, db_path, as_json):
-    """Choose a merge operator (an arm) for TASK and log the decision as an event."""
-    context = _parse_context(features, context_json)
-    p = _service(db_path).propose(task, context, seed=seed)
+def propose(task, models, features, context_json, structural_only, device, merge_to, seed, db_path, as_json):
+    """Choose a merge operator (an arm) for TASK and log the decision as an event.
+
+    With --models, every ordered pair of the models is a candidate: the policy picks the
+    operator, the pair and its order. Without, the context comes from --feature/--context-json.
+    """
+    from bandit.errors import BanditError
+
+    svc = _service(db_path)
+    if models:
+        if features or context_json:
+            raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
+        p = svc.propose_merge(task, models, seed=seed, structural_only=structural_only, device=device,
+                              progress=not as_json and sys.stderr.isatty())
+    else:
+        if merge_to:
+            raise BanditError("--merge-to needs --models: there is nothing to merge without models")
+        p = svc.propose(task, _parse_context(features, context_json), seed=seed)
     if as_json:
-        emit_json(p.to_dict())
+        out = p.to_dict()
+        if merge_to:
+            out["merged"] = _merge_event(svc, p.event_id, merge_to, device, quiet=True)
+        emit_json(out)
         return
-    click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)})")
+    pair = f"  merge {p.model_a} + {p.model_b}" if p.model_a else ""
+    click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)}){pair}")
     click.echo(f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}")
     click.echo(f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}")
+    if merge_to:
+        _merge_event(svc, p.event_id, merge_to, device, quiet=False)
+    elif p.model_a:
+        click.echo(f"  merge it with: bandit merge --event {p.event_id} --out DIR")
     click.echo(f"  report the result with: bandit reward {p.event_id} VALUE")
 
 
@@ -181,12 +241,18 @@ def arms_list(show_all, db_path, as_json):
 @click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Operator parameter (repeatable).")
 @click.option("--warm-start-from", metavar="ARM", help="Start from a shrunk copy of this arm's posterior.")
 @click.option("--shrink", type=float, default=0.1, show_default=True, help="Share of the donor's evidence kept.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
+              help="Load an operator from a module first (operators published through the "
+                   "`simmerge.operators` entry point need nothing).")
 @db_option
 @json_option
-def arms_add(name, operator, params, warm_start_from, shrink, db_path, as_json):
+def arms_add(name, operator, params, warm_start_from, shrink, plugins, db_path, as_json):
     """Add arm NAME: proposable at once, nothing else retrained."""
     from bandit.arms import parse_params
+    from merging.registry import load_plugin
 
+    for ref in plugins:
+        load_plugin(ref)
     arm = _service(db_path).add_arm(name, operator, parse_params(params), warm_start_from, shrink)
     if as_json:
         emit_json(arm)
@@ -286,9 +352,165 @@ def rebuild(check, db_path, as_json):
 # ---------------------------------------------------------------------------------------
 
 
+@main.command("merge")
+@click.option("--operator", help="Operator name (see `bandit operators`).")
+@click.option("--base", type=click.Path(), help="Base model folder (deltas are taken against it).")
+@click.option("--model", "models", multiple=True, type=click.Path(), help="Input model folder; repeat, in order.")
+@click.option("--param", "params", multiple=True, metavar="K=V",
+              help="Operator parameter; per-model values as a list: weight=0.7,0.3. Repeatable.")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
+              help="Recipe file (merge YAML layout or JSON) instead of --operator/--model.")
+@click.option("--event", "event_id", help="Run the merge that this proposal (event id) chose.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (must not exist or be empty).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--dtype", default=None, help="Working dtype of the recipe [default: float32]; math is float32 or float64.")
+@click.option("--out-dtype", default=None, help="Output dtype [default: the base's].")
+@click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 5GB or 500MB.")
+@click.option("--seed", type=int, default=None, help="Seed of random operators (dare_*, della) [default: 0].")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
+              help="Register an operator from a module first. Repeatable.")
+@click.option("--allow-vocab-mismatch", is_flag=True, help="Merge embeddings and lm_head over the common rows.")
+@db_option
+@json_option
+def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, device, dtype, out_dtype, shard_size,
+              seed, plugins, allow_vocab_mismatch, db_path, as_json):
+    """Merge checkpoints with one operator into a new Hugging Face folder.
+
+    Three ways to say what to merge: --operator with --model (and --base, --param), a
+    --recipe file, or --event ID for the merge a proposal chose.
+    """
+    from merging.engine import run_merge
+    from merging.recipe import Recipe, parse_param_args
+    from merging.registry import load_plugin
+
+    if event_id is not None:
+        if recipe_file or operator or models or base or params:
+            raise click.UsageError("--event takes the recipe from the proposal: no --recipe/--operator/--model/--param")
+        for ref in plugins:
+            load_plugin(ref)
+        result = _merge_event(_service(db_path), event_id, out_dir, device, quiet=as_json, shard_size=shard_size,
+                              allow_vocab_mismatch=allow_vocab_mismatch)
+        if as_json:
+            emit_json(result)
+        return
+    if recipe_file and (operator or models or base or params):
+        raise click.UsageError("give either --recipe or --operator/--base/--model/--param, not both")
+    if not recipe_file and not (operator and models):
+        raise click.UsageError("give --operator and at least one --model, or --recipe FILE")
+    for ref in plugins:
+        load_plugin(ref)
+    if recipe_file:
+        recipe = Recipe.load(recipe_file)
+        overrides = {k: v for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed)) if v is not None}
+        recipe = Recipe.from_dict({**recipe.to_dict(), **overrides}).validate()
+    else:
+        recipe = Recipe.from_arm(operator, parse_param_args(params), list(models), base,
+                                 dtype=dtype or "float32", out_dtype=out_dtype, seed=seed or 0)
+    result = run_merge(recipe, out_dir, device=device, shard_size=shard_size,
+                       progress=False if as_json else None, allow_vocab_mismatch=allow_vocab_mismatch)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(f"merged {result.tensors} tensors with {result.operator} into {result.path} "
+                   f"({result.shards} shard(s), {result.bytes_written / 1e6:.1f} MB, "
+                   f"{result.seconds:.1f} s on {result.device})")
+
+
+@main.command("operators")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION", help="Register an operator from a module first.")
+@json_option
+def operators_cmd(plugins, as_json):
+    """List merge operators, their parameters and defaults."""
+    from merging.registry import list_operators, load_plugin
+
+    for ref in plugins:
+        load_plugin(ref)
+    specs = list_operators()
+    if as_json:
+        emit_json([s.to_dict() for s in specs])
+        return
+    for s in specs:
+        most = "+" if s.max_models is None else ("" if s.max_models == s.min_models else f"-{s.max_models}")
+        click.echo(f"{s.name}  (base: {s.base}; models: {s.min_models}{most})  {s.description}")
+        for p in s.params:
+            scope = "per model" if p.per_model else "global"
+            click.echo(f"    {p.name}={json.dumps(p.default)}  {p.type}, {scope}" + (f"  {p.help}" if p.help else ""))
+
+
 # ---------------------------------------------------------------------------------------
 # features and models
 # ---------------------------------------------------------------------------------------
+@main.group()
+def models():
+    """Register and list checkpoints (Hugging Face folders with safetensors)."""
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--base", help="Registered model this one was fine-tuned from.")
+@db_option
+@json_option
+def models_add(name, path, base, db_path, as_json):
+    """Register checkpoint folder PATH as NAME (re-registering updates it)."""
+    from bandit.catalog import add_model
+    from store import Store
+
+    with Store(db_path) as store:
+        row = add_model(store, name, path, base)
+    if as_json:
+        emit_json(row)
+    else:
+        of = f" (fine-tune of {base})" if base else ""
+        click.echo(f"registered {name}{of}: {row['tensors']} tensors, {row['bytes'] / 1e6:.1f} MB, "
+                   f"fingerprint {row['fingerprint'][:12]}")
+
+
+@main.command("features")
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--task", "-t", help="Task whose probe texts to use (default: the built-in generic probes).")
+@click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@db_option
+@json_option
+def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_json):
+    """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached."""
+    from bandit.context import pair_features, task_probes
+    from bandit.errors import BanditError
+    from store import Store
+
+    with Store(db_path) as store:
+        probes = None
+        if task is not None and not structural_only:
+            if store.task(task) is None:
+                raise BanditError(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+            probes = task_probes(store, task)
+        pf = pair_features(store, model_a, model_b, probes, structural_only=structural_only, device=device,
+                           progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        emit_json({"model_a": model_a, "model_b": model_b, "cached": pf.cached, "features": pf.features})
+        return
+    click.echo(f"{model_a} vs {model_b} ({'cached' if pf.cached else 'computed'}):")
+    for k, v in pf.features.items():
+        click.echo(f"  {k:<22} {v: .6f}")
+
+
+@models.command("list")
+@db_option
+@json_option
+def models_list(db_path, as_json):
+    """The registered models."""
+    from store import Store
+
+    with Store(db_path) as store:
+        rows = store.models()
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<20} base {r['base'] or '-':<14} {r['path']}")
+
 
 
 # ---------------------------------------------------------------------------------------

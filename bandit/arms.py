@@ -62,19 +62,16 @@ def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return params
 
 
-def validate_operator(operator: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Check the operator exists (built in or a plugin) and takes these parameters.
-
-    Returns the params as the operator's registry normalises them. The registry lives in
-    `merging`; it is imported here only, so proposing and rewarding never load it.
-    """
+def validate_operator(operator: str, params: dict[str, Any], n_models: int = 2) -> dict[str, Any]:
+    """Check that the operator exists (built in or a plugin) and takes these parameters for
+    a merge of `n_models` models. Returns the params as given: scalars stay scalars, so the
+    arm fits merges of any size. The registry is imported here only, so proposing and
+    rewarding never load it."""
     from merging.errors import MergeError
+    from merging.registry import validate_params
 
     try:
-        from merging.registry import validate_params
-    except ImportError:  # the merge backend is not installed: accept what was given
-        return params
-    try:
-        return validate_params(operator, params)
+        validate_params(operator, params, n_models)
     except MergeError as e:
         raise BanditError(str(e)) from None
+    return params

@@ -56,18 +56,42 @@ class RidgeArms(Policy):
         post.learn(context, reward)
 
     def scores(self, actions: Sequence[Action]) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and width √(xᵀA⁻¹x) of every action."""
         means = np.empty(len(actions))
         widths = np.empty(len(actions))
-        by_arm: dict[str, list[int]] = {}
-        for i, a in enumerate(actions):
-            by_arm.setdefault(a.arm, []).append(i)
-        for arm, idx in by_arm.items():
-            post = self.posteriors.get(arm)
+        # Group the arms by schema (usually all share one, names in order of first
+        # appearance): each group scores all its arms × distinct contexts in one batch.
+        contexts: list[Mapping[str, float]] = []
+        ctx_index: dict[int, int] = {}
+        groups: dict[tuple[str, ...], list[str]] = {}
+        seen: set[str] = set()
+        for a in actions:
+            if id(a.context) not in ctx_index:
+                ctx_index[id(a.context)] = len(contexts)
+                contexts.append(a.context)
+            if a.arm in seen:
+                continue
+            post = self.posteriors.get(a.arm)
             if post is None:
-                raise BanditError(f"unknown arm {arm!r}")
-            m, w = post.mean_and_width([actions[i].context for i in idx])
-            means[idx] = m
-            widths[idx] = w
+                raise BanditError(f"unknown arm {a.arm!r}")
+            groups.setdefault(tuple(post.schema), []).append(a.arm)
+            seen.add(a.arm)
+        table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for arms in groups.values():
+            posts = [self.posteriors[arm] for arm in arms]
+            X, unseen = posts[0].vectors(contexts)  # (C, d)
+            thetas = np.stack([p.theta for p in posts])  # (K, d)
+            A_invs = np.stack([p.A_inv for p in posts])  # (K, d, d)
+            m = thetas @ X.T  # (K, C)
+            lams = np.array([p.lam for p in posts])
+            var = np.einsum("cd,kde,ce->kc", X, A_invs, X) + unseen[None, :] / lams[:, None]
+            w = np.sqrt(np.maximum(var, 0.0))
+            for k, arm in enumerate(arms):
+                table[arm] = (m[k], w[k])
+        for i, a in enumerate(actions):
+            m, w = table[a.arm]
+            c = ctx_index[id(a.context)]
+            means[i], widths[i] = m[c], w[c]
         return means, widths
 
 

@@ -62,7 +62,7 @@ def arm_prior(store, arm: str, lam: float) -> tuple[list[str], object, object]:
     return [], A, b
 
 
-def record_reward(store, event_id: int | str, value: float | str) -> RewardOutcome:
+def record_reward(store, event_id: int | str, value: float | str, update=ridge.update) -> RewardOutcome:
     """Store the reward of one event and update the chosen arm's posterior in one transaction.
 
     The same value twice is a no-op; a different second value, an unknown event or a value
@@ -71,7 +71,7 @@ def record_reward(store, event_id: int | str, value: float | str) -> RewardOutco
     event_id = parse_event_id(event_id)
     value = parse_reward(value)
     with store.transaction():
-        event = store.event(event_id)
+        event = store.event_for_reward(event_id)
         if event is None:
             raise BanditError(f"no event {event_id}")
         if event["reward"] is not None:
@@ -83,11 +83,11 @@ def record_reward(store, event_id: int | str, value: float | str) -> RewardOutco
             )
         store.insert_reward(event_id, value)
         context = chosen_context(event)
-        n, _ = apply_to_posterior(store, event["arm"], context, value)
+        n, _ = apply_to_posterior(store, event["arm"], context, value, update)
     return RewardOutcome(event_id, event["arm"], value, False, n, context)
 
 
-def apply_to_posterior(store, arm: str, context: dict[str, float], value: float) -> tuple[int, int]:
+def apply_to_posterior(store, arm: str, context: dict[str, float], value: float, update=ridge.update) -> tuple[int, int]:
     """A += xxᵀ, b += r·x on the stored posterior of `arm` (inside the caller's transaction)."""
     row = store.posterior(RIDGE, arm)
     if row is None:
@@ -98,6 +98,6 @@ def apply_to_posterior(store, arm: str, context: dict[str, float], value: float)
         lam, schema, n, version = row["lam"], row["schema"], row["n"], row["version"]
         A, b = ridge.load(row["A"]), ridge.load(row["b"])
     schema, A, b = ridge.extend(schema, A, b, lam, ridge.new_names(schema, context))
-    ridge.update(A, b, ridge.vector(schema, context), value)
+    update(A, b, ridge.vector(schema, context), value)
     store.put_posterior(RIDGE, arm, schema, lam, ridge.dump(A), ridge.dump(b), n + 1, version + 1)
     return n + 1, version + 1

@@ -21,7 +21,7 @@ from bandit.errors import BanditError
 from bandit.linucb import RidgeArms
 from bandit.policies import DEFAULT_POLICY, make_policy, policy_label
 from bandit.policy import Action, ArmSpec, Policy
-from bandit.posterior import Posterior
+from bandit.posterior import Posterior, update_arrays
 from bandit.reward import RIDGE, RewardOutcome, arm_prior, chosen_context, record_reward
 from store import Store
 
@@ -76,6 +76,7 @@ class Service:
         self._active: set[str] = set()  # arms the live policy may propose
         self._learned: set[int] = set()  # rewarded events a log-fed policy has learned
         self._snapshot_size = -1  # how many of them the snapshot on disk holds (-1: none)
+        self._known_tasks: set[str] = set()
         self._ensure_defaults()
 
     # -- set-up --------------------------------------------------------------------------
@@ -217,9 +218,11 @@ class Service:
                 "effective": policy.params()}
 
     def _sync_ridge(self, policy: RidgeArms) -> None:
-        active = {a["name"]: a for a in self.store.arms("active")}
+        import json
+
+        active = {a["name"]: a for a in self.store.active_arms_with_versions(RIDGE)}
         self._active = set(active)
-        versions = self.store.posterior_versions(RIDGE)
+        versions = {name: a["version"] for name, a in active.items()}
         for name in list(policy.posteriors):
             if name not in active:  # retired since
                 del policy.posteriors[name]
@@ -229,7 +232,7 @@ class Service:
             if name in policy.posteriors and self._versions.get(name) == versions.get(name):
                 continue
             row = self.store.posterior(RIDGE, name)
-            spec = ArmSpec(name, arm["operator"], arm["params"])
+            spec = ArmSpec(name, arm["operator"], json.loads(arm["params"]))
             if row is None:
                 schema, A, b = arm_prior(self.store, name, policy.lam)
                 post = Posterior.from_blobs(schema, policy.lam, ridge.dump(A), ridge.dump(b), 0, policy.refactor_every)
@@ -245,12 +248,13 @@ class Service:
         contexts: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
         candidates: Sequence[tuple[str, str]] | None = None,
         seed: int | None = None,
-        recipes: Sequence[dict[str, Any]] | None = None,
+        inputs: Sequence[tuple[str, list[str]]] | None = None,
     ) -> Proposal:
         """Score every (candidate, arm) action, pick one from the policy's pmf, log the event.
 
         `contexts` holds one feature dict per candidate pair (or a single dict when no
-        pairs are given); `recipes`, when given, one merge recipe skeleton per candidate.
+        pairs are given); `inputs`, when given, the (base path, model paths) each candidate
+        would merge, so the event carries a ready recipe.
         """
         task = check_task_name(task)
         if contexts is None:
@@ -279,9 +283,13 @@ class Service:
         spec = policy.specs[chosen.arm]
         operator, params = spec.operator, dict(spec.params)
         pair = tuple(candidates[chosen.candidate]) if candidates is not None else (None, None)
-        recipe = {"merge_method": operator, "parameters": params}
-        if recipes is not None:
-            recipe = {**recipes[chosen.candidate], **recipe}
+        if inputs is not None:
+            from merging.recipe import Recipe  # plain data, no torch
+
+            base_path, model_paths = inputs[chosen.candidate]
+            recipe = Recipe.from_arm(operator, params, model_paths, base_path).to_merge_layout()
+        else:
+            recipe = {"merge_method": operator, "parameters": params}
 
         pmf_out = []
         for a, p in zip(actions, decision.pmf):
@@ -300,19 +308,62 @@ class Service:
             "seed": int(seed), "recipe": recipe,
         }
         with self.store.transaction():
-            self.store.ensure_task(task)
+            if task not in self._known_tasks:
+                self.store.ensure_task(task)
             event_id = self.store.insert_event(event)
+        self._known_tasks.add(task)
         return Proposal(
             event_id=event_id, task=task, arm=chosen.arm, operator=operator, params=params,
             prob=decision.prob, predicted=event["predicted"], bonus=event["bonus"], pmf=pmf_out,
             policy=policy.name, seed=int(seed), model_a=pair[0], model_b=pair[1], recipe=recipe,
         )
 
+    def propose_merge(
+        self, task: str, models: Sequence[str], *, seed: int | None = None, structural_only: bool = False,
+        device: str = "auto", progress: bool = False,
+    ) -> Proposal:
+        """Choose operator, order and pair for merging two of `models` (registered fine-tunes
+        of one base) for `task`: features for every ordered pair (cached), then `propose`."""
+        from bandit.context import common_base, pair_features, task_probes
+
+        task = check_task_name(task)
+        models = list(models)
+        if len(models) < 2:
+            raise BanditError("a merge needs at least two models (--models A B [C ...])")
+        if len(set(models)) != len(models):
+            raise BanditError("a model is named twice in --models")
+        base = common_base(self.store, models)
+        probes = None if structural_only else task_probes(self.store, task)
+        pairs = [(a, b) for a in models for b in models if a != b]
+        paths = {m: self.store.model(m)["path"] for m in models}
+        contexts = [
+            pair_features(self.store, a, b, probes, structural_only=structural_only, device=device,
+                          progress=progress).features
+            for a, b in pairs
+        ]
+        inputs = [(base["path"], [paths[a], paths[b]]) for a, b in pairs]
+        return self.propose(task, contexts, pairs, seed=seed, inputs=inputs)
+
+    def merge_event(self, event_id: int | str, out_dir: str, *, device: str = "auto", progress: bool | None = None,
+                    **engine_options: Any):
+        """Run the merge that event EVENT_ID proposed (its recipe, as logged) into out_dir."""
+        from bandit.reward import parse_event_id
+        from merging.engine import run_merge
+        from merging.recipe import Recipe
+
+        event_id = parse_event_id(event_id)
+        event = self.store.event(event_id)
+        if event is None:
+            raise BanditError(f"no event {event_id}")
+        if event["model_a"] is None or "models" not in (event["recipe"] or {}):
+            raise BanditError(f"event {event_id} was proposed without models (a context-only proposal): nothing to merge")
+        return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress, **engine_options)
+
     # -- reward --------------------------------------------------------------------------
     def reward(self, event_id: int | str, value: float | str) -> RewardOutcome:
         """Record a reward; the in-memory posterior follows without a reload when it can."""
         before = self._versions.get
-        outcome = record_reward(self.store, event_id, value)
+        outcome = record_reward(self.store, event_id, value, update_arrays)
         if outcome.duplicate or self._policy is None or not isinstance(self._policy, RidgeArms):
             return outcome
         post = self._policy.posteriors.get(outcome.arm)

@@ -17,6 +17,8 @@ from merging.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+FINGERPRINT_SAMPLES = 4
+FINGERPRINT_SAMPLE_BYTES = 64 * 1024
 # A safetensors header is JSON; anything past this is certainly not one.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -32,6 +34,8 @@ class TensorInfo:
     file: str
     dtype: str  # safetensors spelling: F32, BF16, ...
     shape: tuple[int, ...]
+    # Where the tensor's bytes start in its file: readers walk tensors in this order.
+    offset: int = 0
 
     @property
     def numel(self) -> int:
@@ -106,13 +110,15 @@ class Checkpoint:
             for name, info in header.items():
                 if name in self.tensors:
                     raise CheckpointError(f"{self.path}: tensor {name!r} stored twice ({self.tensors[name].file}, {file})")
-                self.tensors[name] = TensorInfo(name, file, info["dtype"], tuple(int(s) for s in info["shape"]))
+                self.tensors[name] = TensorInfo(name, file, info["dtype"], tuple(int(s) for s in info["shape"]),
+                                                int(info["data_offsets"][0]))
             self._headers[file] = (os.path.getsize(self.path / file), json.dumps(header, sort_keys=True))
         if self._index_map is not None:
             for name, file in self._index_map.items():
                 if name not in self.tensors:
                     raise CheckpointError(f"{self.path}: index names {name!r} in {file}, which does not hold it")
         self._open: dict[str, object] = {}
+        self._fingerprint: str | None = None
 
     def _find_files(self) -> list[str]:
         self._index_map = None
@@ -155,13 +161,26 @@ class Checkpoint:
         return bool(tied)
 
     def fingerprint(self) -> str:
-        """A digest of file names, sizes and headers: changes whenever the weights' layout
-        or size does, without reading the weights themselves."""
-        h = hashlib.sha256()
-        for file in self.files:
-            size, header = self._headers[file]
-            h.update(f"{file}\0{size}\0{header}\0".encode())
-        return h.hexdigest()[:32]
+        """A digest of file names, sizes, headers and a few samples of the weight bytes.
+
+        Headers and sizes catch any change of layout; the samples (64 KiB at 4 evenly
+        spaced offsets per file) catch a checkpoint re-trained and saved in place with the
+        same layout, which changes every weight. Costs a few reads, never the whole file.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for file in self.files:
+                size, header = self._headers[file]
+                h.update(f"{file}\0{size}\0{header}\0".encode())
+                try:
+                    with open(self.path / file, "rb") as f:
+                        for k in range(FINGERPRINT_SAMPLES):
+                            f.seek(size * k // FINGERPRINT_SAMPLES)
+                            h.update(f.read(FINGERPRINT_SAMPLE_BYTES))
+                except OSError as e:
+                    raise CheckpointError(f"{self.path / file}: cannot read ({e.strerror or e})") from None
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
 
     # -- tensors (torch) ------------------------------------------------------------------
     def tensor(self, name: str, device: str = "cpu"):

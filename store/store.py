@@ -242,6 +242,19 @@ class Store:
         for r in self.conn.execute(sql, params):
             yield self._decode_event(r)
 
+    def event_for_reward(self, event_id: int) -> dict | None:
+        """Just what recording a reward needs: the chosen arm and action, the contexts, and
+        the reward already stored (or None)."""
+        r = self._one(
+            "SELECT e.id, e.arm, e.chosen, e.contexts, e.actions, r.value AS reward FROM events e "
+            "LEFT JOIN rewards r ON r.event_id = e.id WHERE e.id = ?",
+            (event_id,),
+        )
+        if r is not None:
+            r["contexts"] = json.loads(r["contexts"])
+            r["actions"] = json.loads(r["actions"])
+        return r
+
     def reward_row(self, event_id: int) -> dict | None:
         return self._one("SELECT * FROM rewards WHERE event_id = ?", (event_id,))
 
@@ -310,6 +323,15 @@ class Store:
         for r in rows:
             r["schema"] = json.loads(r["schema"])
         return rows
+
+    def active_arms_with_versions(self, model: str) -> list[dict]:
+        """Active arms with their posterior's version (None without one), params as JSON text:
+        one cheap query that tells a long-lived process what changed."""
+        return self._all(
+            "SELECT a.name, a.operator, a.params, p.version FROM arms a LEFT JOIN posteriors p "
+            "ON p.arm = a.name AND p.model = ? WHERE a.status = 'active' ORDER BY a.created_at, a.name",
+            (model,),
+        )
 
     def posterior_versions(self, model: str) -> dict[str, int]:
         return {r["arm"]: r["version"] for r in self._all("SELECT arm, version FROM posteriors WHERE model = ?", (model,))}

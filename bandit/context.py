@@ -1,0 +1,77 @@
+"""Contexts for merge requests: similarity features of ordered model pairs, cached.
+
+A cache entry is keyed by the fingerprints of A, B and their base (read from safetensors
+headers now, so a changed checkpoint misses), the probe texts' hash, the feature set's
+name and version, and whether only structural features were asked for. A hit needs
+neither torch nor transformers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bandit.catalog import model_row
+from bandit.errors import BanditError
+
+
+@dataclass
+class PairFeatures:
+    model_a: str
+    model_b: str
+    features: dict[str, float]
+    cached: bool
+
+
+def common_base(store, names: list[str]) -> dict[str, Any]:
+    """The registered base every named model was fine-tuned from."""
+    rows = [model_row(store, n) for n in names]
+    bases = {r["base"] for r in rows}
+    if None in bases:
+        missing = [r["name"] for r in rows if r["base"] is None]
+        raise BanditError(f"model {missing[0]!r} has no base: register it with --base BASE to merge it")
+    if len(bases) > 1:
+        raise BanditError(f"the models do not share one base ({', '.join(sorted(bases))}); a merge needs a common base")
+    return model_row(store, bases.pop())
+
+
+def cache_key(fp_a: str, fp_b: str, fp_base: str, probe_hash: str, feature_set: str, version: int,
+              structural_only: bool) -> str:
+    payload = json.dumps([fp_a, fp_b, fp_base, probe_hash, feature_set, version, structural_only])
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def pair_features(
+    store, a: str, b: str, probes: list[str] | None, *, structural_only: bool = False,
+    device: str = "auto", progress: bool = False,
+) -> PairFeatures:
+    """Features of the ordered pair (a, b), from the cache or computed and cached."""
+    from features import FEATURE_SET, FEATURE_VERSION, compute_features, probe_hash
+    from merging.checkpoint import Checkpoint
+
+    if a == b:
+        raise BanditError(f"cannot pair model {a!r} with itself")
+    base = common_base(store, [a, b])
+    ra, rb = model_row(store, a), model_row(store, b)
+    ck_a, ck_b, ck_base = Checkpoint(ra["path"]), Checkpoint(rb["path"]), Checkpoint(base["path"])
+    p_hash = "" if structural_only else probe_hash(probes)
+    key = cache_key(ck_a.fingerprint(), ck_b.fingerprint(), ck_base.fingerprint(), p_hash, FEATURE_SET,
+                    FEATURE_VERSION, structural_only)
+    cached = store.cached_features(key)
+    if cached is not None:
+        return PairFeatures(a, b, cached, True)
+    feats = compute_features(base["path"], ra["path"], rb["path"], probes, structural_only=structural_only,
+                             device=device, progress=progress)
+    row = {"model_a": a, "model_b": b, "base": base["name"], "fp_a": ck_a.fingerprint(), "fp_b": ck_b.fingerprint(),
+           "fp_base": ck_base.fingerprint(), "probe_hash": p_hash, "feature_set": FEATURE_SET,
+           "version": FEATURE_VERSION}
+    with store.transaction():
+        store.put_features(key, row, feats)
+    return PairFeatures(a, b, feats, False)
+
+
+def task_probes(store, task: str) -> list[str] | None:
+    """The task's probe texts, or None for the built-in generic set."""
+    row = store.task(task)
+    return row["probes"] if row and row["probes"] else None

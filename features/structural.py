@@ -1,0 +1,346 @@
+"""Structural similarity of two fine-tunes, from their weights alone.
+
+For a base θ₀ and models A, B with deltas δ_A = θ_A − θ₀, δ_B = θ_B − θ₀, the three
+checkpoints are streamed one tensor at a time; each tensor is cut into chunks whose
+statistics go into float64 accumulators, so memory is O(largest tensor), never a whole
+model. The definitions (names, formulas, ranges, order-sensitivity) are in
+`features/__init__.py`, the one place they are documented.
+
+`DeltaStats` is the math (fed tensors, it returns features) and is independent of files;
+`structural_features` is the I/O around it: checking that the three checkpoints share an
+architecture, choosing the device, loading tensors and releasing their memory maps.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from features.errors import FeatureError
+
+STRUCTURAL_FEATURES: tuple[str, ...] = (
+    "kinship_pcc",
+    "kinship_cos",
+    "kinship_ed",
+    "weight_cos",
+    "delta_norm_logratio",
+    "sign_agreement",
+    "topk_overlap",
+    "layer_cos_min",
+    "layer_cos_mean",
+    "layer_cos_max",
+    "attn_cos_min",
+    "attn_cos_mean",
+    "attn_cos_max",
+    "mlp_cos_min",
+    "mlp_cos_mean",
+    "mlp_cos_max",
+)
+
+# Share of entries, per tensor, that TIES-style trimming keeps (the "top 20 %").
+TOPK_FRACTION = 0.2
+# Chunk length for the elementwise statistics: large enough that BLAS and vectorised
+# reductions run at memory speed, small enough that the float64 buffers (6 rows) stay
+# around 100 MB whatever the model size.
+DEFAULT_CHUNK = 1 << 21
+# Release a checkpoint's memory maps after this many bytes: safetensors maps whole files,
+# and pages that were touched stay in the process's RSS until the map is dropped.
+RELEASE_BYTES = 64 * 1024 * 1024
+
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+# A transformer block is `<...>.layers.N.` (Llama, Mistral, Qwen), `h.N.` (GPT-2),
+# `layer.N.` (BERT), `blocks.N.` / `block.N.` (others).
+_BLOCK = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+_ATTN = re.compile(r"(?:^|\.)(?:self_attn|attention|attn|self_attention|cross_attn)\.")
+_MLP = re.compile(r"(?:^|\.)(?:mlp|feed_forward|ffn|ff)\.")
+
+
+def block_of(name: str) -> int | None:
+    """The transformer block index in a tensor name, or None outside the blocks."""
+    m = _BLOCK.search(name)
+    return int(m.group(1)) if m else None
+
+
+def group_of(name: str) -> str | None:
+    """'attn', 'mlp' or None (norms, embeddings, anything the names do not tell apart)."""
+    if _ATTN.search(name):
+        return "attn"
+    if _MLP.search(name):
+        return "mlp"
+    return None
+
+
+def safe_cos(ab: float, aa: float, bb: float) -> float:
+    """Cosine from sums of products, with the conventions that keep it defined:
+    two zero vectors are identical (1), one zero vector shares no direction (0)."""
+    if aa <= 0.0 and bb <= 0.0:
+        return 1.0
+    if aa <= 0.0 or bb <= 0.0:
+        return 0.0
+    return min(1.0, max(-1.0, ab / math.sqrt(aa * bb)))
+
+
+@dataclass
+class _Dots:
+    """Sums of products of δ_A, δ_B over some set of entries."""
+
+    ab: float = 0.0
+    aa: float = 0.0
+    bb: float = 0.0
+
+    def add(self, ab: float, aa: float, bb: float) -> None:
+        self.ab += ab
+        self.aa += aa
+        self.bb += bb
+
+    def cos(self) -> float:
+        return safe_cos(self.ab, self.aa, self.bb)
+
+
+@dataclass
+class DeltaStats:
+    """Running statistics of (θ₀, θ_A, θ_B), fed one tensor at a time.
+
+    Everything that crosses tensors is a float64 Python number or a small dict of them;
+    per-tensor work happens on the tensors' device in float64 chunks.
+    """
+
+    chunk: int = DEFAULT_CHUNK
+    topk_fraction: float = TOPK_FRACTION
+    # Pearson via Chan et al.'s pairwise merge of (count, mean, co-moment): exact in the
+    # streaming order and free of the cancellation that raw sums of squares suffer when the
+    # deltas have a common offset.
+    n: int = 0
+    mean_a: float = 0.0
+    mean_b: float = 0.0
+    c_aa: float = 0.0
+    c_bb: float = 0.0
+    c_ab: float = 0.0
+    delta: _Dots = field(default_factory=_Dots)
+    diff_sq: float = 0.0  # Σ (δ_A − δ_B)², summed directly so that A ≈ B does not cancel
+    weight: _Dots = field(default_factory=_Dots)  # the same sums for θ_A, θ_B
+    sign_agree: int = 0
+    sign_disagree: int = 0
+    topk_weighted: float = 0.0
+    topk_weight: int = 0
+    blocks: dict[int, _Dots] = field(default_factory=dict)
+    groups: dict[tuple[int, str], _Dots] = field(default_factory=dict)
+    _buffers: object = None
+
+    # -- feeding -------------------------------------------------------------------------
+    def add(self, name: str, base, a, b) -> None:
+        """Add one tensor of each model (same shape, any float dtype, one device)."""
+        import torch
+
+        base, a, b = base.reshape(-1), a.reshape(-1), b.reshape(-1)
+        numel = base.numel()
+        if numel == 0:
+            return
+        z, tmp = self._scratch(min(numel, self.chunk), base.device)
+        tensor_dots = _Dots()
+        for start in range(0, numel, self.chunk):
+            stop = min(start + self.chunk, numel)
+            m = stop - start
+            rows, t = z[:, :m], tmp[:m]
+            # rows: 0 δ_A, 1 δ_B, 2 θ_A, 3 θ_B, 4 δ_A − δ_B; one Gram product gives every
+            # sum of products in a single pass over memory.
+            rows[2].copy_(a[start:stop])
+            rows[3].copy_(b[start:stop])
+            t.copy_(base[start:stop])
+            torch.sub(rows[2], t, out=rows[0])
+            torch.sub(rows[3], t, out=rows[1])
+            torch.sub(rows[0], rows[1], out=rows[4])
+            gram = (rows @ rows.T).tolist()
+            sa, sb = rows[:2].sum(dim=1).tolist()
+            torch.mul(rows[0], rows[1], out=t)
+            agree = int(torch.count_nonzero(t > 0))
+            disagree = int(torch.count_nonzero(t < 0))
+
+            self._merge_moments(m, sa, sb, gram[0][0], gram[1][1], gram[0][1])
+            tensor_dots.add(gram[0][1], gram[0][0], gram[1][1])
+            self.diff_sq += gram[4][4]
+            self.weight.add(gram[2][3], gram[2][2], gram[3][3])
+            self.sign_agree += agree
+            self.sign_disagree += disagree
+
+        self.delta.add(tensor_dots.ab, tensor_dots.aa, tensor_dots.bb)
+        blk = block_of(name)
+        if blk is not None:
+            self.blocks.setdefault(blk, _Dots()).add(tensor_dots.ab, tensor_dots.aa, tensor_dots.bb)
+            grp = group_of(name)
+            if grp is not None:
+                self.groups.setdefault((blk, grp), _Dots()).add(tensor_dots.ab, tensor_dots.aa, tensor_dots.bb)
+        self._add_topk(base, a, b)
+
+    def _scratch(self, m: int, device):
+        """Float64 work buffers, allocated once for the largest chunk seen."""
+        import torch
+
+        buf = self._buffers
+        if buf is None or buf[1].numel() < m or buf[1].device != device:
+            buf = (torch.empty(5, m, dtype=torch.float64, device=device),
+                   torch.empty(m, dtype=torch.float64, device=device))
+            self._buffers = buf
+        return buf
+
+    def _merge_moments(self, m: int, sa: float, sb: float, saa: float, sbb: float, sab: float) -> None:
+        ma, mb = sa / m, sb / m
+        caa, cbb, cab = saa - sa * ma, sbb - sb * mb, sab - sa * mb
+        n = self.n
+        total = n + m
+        da, db = ma - self.mean_a, mb - self.mean_b
+        w = n * m / total
+        self.c_aa += caa + da * da * w
+        self.c_bb += cbb + db * db * w
+        self.c_ab += cab + da * db * w
+        self.mean_a += da * m / total
+        self.mean_b += db * m / total
+        self.n = total
+
+    def _add_topk(self, base, a, b) -> None:
+        """Jaccard overlap of the entries that trimming to the top share by |δ| would keep.
+
+        The k-th largest |δ| (k = ⌈fraction·n⌉) is found by selection (kthvalue), not by a
+        sort; every entry at or above it counts, ties included, and zero entries never do
+        (a delta that is mostly zero keeps only what changed). |δ| is taken in float32 to
+        halve the whole-tensor temporary; rounding is monotone, so it can only create ties.
+        """
+        import torch
+
+        numel = base.numel()
+        k = min(numel, max(1, math.ceil(self.topk_fraction * numel)))
+        base32 = base.to(torch.float32)
+        masks = []
+        for x in (a, b):
+            mag = x.to(torch.float32).sub(base32).abs_()
+            threshold = torch.kthvalue(mag, numel - k + 1).values
+            masks.append((mag >= threshold) & (mag > 0))
+            del mag
+        del base32
+        inter = int(torch.count_nonzero(masks[0] & masks[1]))
+        union = int(torch.count_nonzero(masks[0] | masks[1]))
+        if union:
+            # Weighted by tensor size; a tensor neither model changed says nothing about
+            # collisions and is left out.
+            self.topk_weighted += numel * inter / union
+            self.topk_weight += numel
+
+    # -- results -------------------------------------------------------------------------
+    def features(self) -> dict[str, float]:
+        d = self.delta
+        both_zero = d.aa <= 0.0 and d.bb <= 0.0
+        if self.c_aa > 0.0 and self.c_bb > 0.0:
+            pcc = min(1.0, max(-1.0, self.c_ab / math.sqrt(self.c_aa * self.c_bb)))
+        else:
+            # A constant (typically zero) delta has no variance: identical deltas still
+            # correlate perfectly, anything else carries no linear relation.
+            pcc = 1.0 if self.diff_sq <= 0.0 else 0.0
+        norm_a, norm_b = math.sqrt(max(d.aa, 0.0)), math.sqrt(max(d.bb, 0.0))
+        ed = 0.0 if both_zero else min(1.0, math.sqrt(max(self.diff_sq, 0.0)) / (norm_a + norm_b))
+        # tanh(log(‖δ_A‖/‖δ_B‖)) written as (‖δ_A‖² − ‖δ_B‖²)/(‖δ_A‖² + ‖δ_B‖²): the same
+        # number, but defined (±1) when one delta is zero.
+        logratio = 0.0 if both_zero else (d.aa - d.bb) / (d.aa + d.bb)
+        signed = self.sign_agree + self.sign_disagree
+        if signed:
+            sign = self.sign_agree / signed
+        else:
+            # No entry changed in both: identical (all-zero) deltas agree, otherwise there is
+            # no evidence either way and the value is chance level.
+            sign = 1.0 if self.diff_sq <= 0.0 else 0.5
+        topk = self.topk_weighted / self.topk_weight if self.topk_weight else 1.0
+        kinship_cos = d.cos()
+
+        out = {
+            "kinship_pcc": pcc,
+            "kinship_cos": kinship_cos,
+            "kinship_ed": ed,
+            "weight_cos": self.weight.cos(),
+            "delta_norm_logratio": logratio,
+            "sign_agreement": sign,
+            "topk_overlap": topk,
+        }
+        layer = _spread([dots.cos() for dots in self.blocks.values()], fallback=(kinship_cos,) * 3)
+        out.update(zip(("layer_cos_min", "layer_cos_mean", "layer_cos_max"), layer))
+        for grp in ("attn", "mlp"):
+            cosines = [dots.cos() for (_, g), dots in self.groups.items() if g == grp]
+            out.update(zip((f"{grp}_cos_min", f"{grp}_cos_mean", f"{grp}_cos_max"), _spread(cosines, fallback=layer)))
+        return {name: float(out[name]) for name in STRUCTURAL_FEATURES}
+
+
+def _spread(values: list[float], fallback: tuple[float, float, float]) -> tuple[float, float, float]:
+    """(min, mean, max); when the names gave no such group, the next coarser level's values."""
+    if not values:
+        return fallback
+    return min(values), sum(values) / len(values), max(values)
+
+
+def check_same_architecture(base, a, b) -> list[str]:
+    """The float tensors to compare, in the base's order; FeatureError naming the first
+    tensor whose presence or shape differs between the three checkpoints."""
+    for label, other in (("A", a), ("B", b)):
+        missing = [n for n in base.tensors if n not in other.tensors]
+        extra = [n for n in other.tensors if n not in base.tensors]
+        if missing:
+            raise FeatureError(f"architecture mismatch: tensor {missing[0]!r} is in the base but not in model {label} ({other.path})")
+        if extra:
+            raise FeatureError(f"architecture mismatch: tensor {extra[0]!r} is in model {label} ({other.path}) but not in the base")
+        for name, info in base.tensors.items():
+            if other.tensors[name].shape != info.shape:
+                raise FeatureError(
+                    f"architecture mismatch: tensor {name!r} has shape {list(other.tensors[name].shape)} "
+                    f"in model {label} but {list(info.shape)} in the base")
+    names = []
+    for name, info in base.tensors.items():
+        kinds = {ck.tensors[name].dtype in FLOAT_DTYPES for ck in (base, a, b)}
+        if kinds == {True}:
+            names.append(name)
+        elif len(kinds) == 2:
+            raise FeatureError(f"architecture mismatch: tensor {name!r} is floating point in some models but not in others")
+    if not names:
+        raise FeatureError(f"{base.path}: no floating-point tensors to compare")
+    return names
+
+
+def structural_features(base: str, a: str, b: str, *, device: str = "auto", progress: bool = False,
+                        chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
+    """Structural features of the ordered pair (A, B) over `base`; see `features` for the list."""
+    from merging.checkpoint import DTYPE_BYTES, Checkpoint
+    from merging.device import resolve_device
+    from merging.errors import CheckpointError, MergeError
+
+    try:
+        dev = resolve_device(device)
+        cks = [Checkpoint(p) for p in (base, a, b)]
+    except MergeError as e:
+        raise FeatureError(str(e)) from None
+    try:
+        names = check_same_architecture(*cks)
+        stats = DeltaStats(chunk=chunk)
+        since_release = 0
+        for name in _progress(names, cks[0], progress):
+            try:
+                tensors = [ck.tensor(name, dev) for ck in cks]
+            except CheckpointError as e:
+                raise FeatureError(str(e)) from None
+            stats.add(name, *tensors)
+            del tensors
+            since_release += sum(ck.tensors[name].numel * DTYPE_BYTES[ck.tensors[name].dtype] for ck in cks)
+            if since_release >= RELEASE_BYTES:
+                # Drop the memory maps so that pages already read leave the RSS.
+                for ck in cks:
+                    ck.close()
+                since_release = 0
+        return stats.features()
+    finally:
+        for ck in cks:
+            ck.close()
+
+
+def _progress(names: list[str], base, enabled: bool) -> Iterable[str]:
+    if not enabled:
+        return names
+    from tqdm import tqdm
+
+    return tqdm(names, desc="structural features", unit="tensor", leave=False)

@@ -1,0 +1,332 @@
+"""The built-in merge operators: pure functions `(base, tensors, params) -> tensor`.
+
+Every function gets float tensors already on the engine's device (float32 unless the
+recipe asks for float64) and returns the merged tensor in the same dtype; nothing here
+reads files or picks devices. tau_i = theta_i - theta_0 is model i's delta from the base.
+
+torch is imported inside the functions: the registry imports this module to read the
+operators' declarations, and that must stay cheap for the bandit's `propose`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Mapping, Sequence
+
+from merging.errors import MergeError
+from merging.registry import OperatorParams, Param, merge_operator
+
+# Cosine above which two vectors are treated as colinear by slerp: sin(omega) is then too
+# small for the spherical formula to be accurate, and lerp is within rounding of it.
+SLERP_COLINEAR = 0.9995
+
+
+# -- parameter declarations shared by several operators -----------------------------------
+
+def _weight() -> Param:
+    return Param("weight", 1.0, per_model=True, help="model's weight")
+
+
+def _density(default: float = 1.0) -> Param:
+    return Param("density", default, per_model=True, minimum=0.0, maximum=1.0,
+                 help="share of each delta kept")
+
+
+def _lambda() -> Param:
+    return Param("lambda", 1.0, help="scale of the merged delta")
+
+
+def _normalize(default: bool) -> Param:
+    return Param("normalize", default, type="bool", help="divide by the sum of the weights")
+
+
+def _rescale() -> Param:
+    return Param("rescale", True, type="bool", help="divide kept entries by their keep probability")
+
+
+def _weights_nonzero(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> None:
+    """normalize divides by the sum of the weights; catch a zero sum before any work."""
+    if g.get("normalize") and models and sum(m["weight"] for m in models) == 0:
+        raise MergeError("the weights sum to 0, so normalize cannot divide by them (set normalize=false)")
+
+
+def _density_positive(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> None:
+    """DARE divides kept entries by density; zero would keep nothing and divide by zero."""
+    if any(m["density"] <= 0 for m in models):
+        raise MergeError("density must be > 0 for random dropping")
+
+
+# -- building blocks -----------------------------------------------------------------------
+
+def top_k_mask(magnitude, k: int):
+    """Boolean mask of the k largest entries of `magnitude` (any shape).
+
+    Found with one kthvalue (linear-time selection), never a sort. Entries equal to the
+    threshold are taken in index order until k are kept, so the mask has exactly k entries
+    and the choice among equal magnitudes is deterministic (the same rule as a stable
+    descending sort)."""
+    import torch
+
+    n = magnitude.numel()
+    if k <= 0:
+        return torch.zeros_like(magnitude, dtype=torch.bool)
+    if k >= n:
+        return torch.ones_like(magnitude, dtype=torch.bool)
+    flat = magnitude.reshape(-1)
+    threshold = flat.kthvalue(n - k + 1).values
+    mask = flat > threshold
+    missing = k - int(mask.sum())
+    if missing > 0:
+        ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+        mask[ties] = True
+    return mask.view(magnitude.shape)
+
+
+def trim_magnitude(delta, density: float):
+    """TIES trimming: keep the top int(density * numel) entries of |delta|, zero the rest."""
+    k = int(density * delta.numel())
+    if k >= delta.numel():
+        return delta
+    return delta * top_k_mask(delta.abs(), k)
+
+
+def breadcrumbs_mask(delta, density: float, gamma: float):
+    """Drop the largest int(gamma*numel) |delta| entries and keep the next int(density*numel)."""
+    n = delta.numel()
+    top = int(gamma * n)
+    keep = min(int(density * n), n - top)
+    magnitude = delta.abs()
+    mask = top_k_mask(magnitude, top + keep)
+    if top > 0:
+        mask &= ~top_k_mask(magnitude, top)
+    return mask
+
+
+def generator_for(params: OperatorParams, model_index: int, device):
+    """A torch generator seeded from the merge seed, the tensor's name and the model's
+    position: the same recipe draws the same masks on every run, whatever the order in
+    which tensors are merged. hashlib, because Python's hash() changes between runs."""
+    import torch
+
+    digest = hashlib.sha256(f"{params.seed}\0{params.tensor_name}\0{model_index}".encode()).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+def dare_drop(delta, density: float, rescale: bool, generator):
+    """Keep each entry with probability density; kept entries scaled by 1/density."""
+    import torch
+
+    if density >= 1.0:
+        return delta
+    keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) < density
+    out = delta * keep
+    return out / density if rescale else out
+
+
+def della_drop(delta, density: float, epsilon: float, rescale: bool, generator):
+    """MagPrune: in each row the keep probability rises linearly with the rank of |delta|,
+    from density - epsilon (smallest) to density + epsilon (largest), clipped to [0, 1];
+    kept entries are divided by their own probability."""
+    import torch
+
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(-1, delta.shape[-1])
+    n = rows.shape[-1]
+    if n > 1:
+        # Ranks within a row are what MagPrune is defined on; one argsort per row gives them.
+        order = rows.abs().argsort(dim=-1)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(-1, order, torch.arange(n, device=rows.device).expand_as(order))
+        p = (density - epsilon) + (2.0 * epsilon / (n - 1)) * ranks.to(rows.dtype)
+    else:
+        p = torch.full_like(rows, density)
+    p = p.clamp_(0.0, 1.0)
+    keep = torch.rand(rows.shape, generator=generator, device=rows.device, dtype=rows.dtype) < p
+    if rescale:
+        out = torch.where(keep, rows / p.clamp(min=torch.finfo(rows.dtype).tiny), torch.zeros_like(rows))
+    else:
+        out = rows * keep
+    return out.view(delta.shape)
+
+
+def ties_combine(deltas, weights: Sequence[float], normalize: bool):
+    """TIES sign election and disjoint merge of (already trimmed) deltas.
+
+    The elected sign of an entry is the sign of sum_i w_i delta_i (zero counts as +). Model
+    i's entry counts where w_i delta_i is non-zero with the elected sign; the result is the
+    sum of counted w_i delta_i, divided by the sum of counted w_i when normalize (0 where
+    nothing counts). The sign of the weighted delta is used so that a model with weight 0
+    has no vote."""
+    import torch
+
+    total = torch.zeros_like(deltas[0])
+    for d, w in zip(deltas, weights):
+        total.add_(d, alpha=w)
+    elected_positive = total >= 0
+    merged = torch.zeros_like(total)
+    divisor = torch.zeros_like(total) if normalize else None
+    for d, w in zip(deltas, weights):
+        if w == 0:
+            continue
+        contribution = d * w
+        counted = torch.where(elected_positive, contribution > 0, contribution < 0)
+        merged.add_(contribution * counted)
+        if divisor is not None:
+            divisor.add_(counted.to(total.dtype), alpha=w)
+    if divisor is not None:
+        merged = torch.where(divisor != 0, merged / torch.where(divisor != 0, divisor, 1.0), 0.0)
+    return merged
+
+
+def weighted_delta_sum(deltas, weights: Sequence[float], normalize: bool):
+    """sum_i w_i delta_i, divided by sum_i w_i when normalize."""
+    import torch
+
+    total = torch.zeros_like(deltas[0])
+    for d, w in zip(deltas, weights):
+        total.add_(d, alpha=w)
+    if normalize:
+        total /= sum(weights)
+    return total
+
+
+def _apply(base, merged_delta, lam: float):
+    return base + lam * merged_delta if lam != 1.0 else base + merged_delta
+
+
+def _column(params: Mapping[str, Any], name: str) -> list:
+    return list(params[name])
+
+
+# -- operators -----------------------------------------------------------------------------
+
+@merge_operator("linear", [_weight(), _normalize(True)], base="unused", min_models=1,
+                checks=(_weights_nonzero,), description="weighted average: sum w_i theta_i / sum w_i")
+def linear_merge(base, tensors, params):
+    import torch
+
+    weights = _column(params, "weight")
+    out = torch.zeros_like(tensors[0])
+    for t, w in zip(tensors, weights):
+        out.add_(t, alpha=w)
+    if params["normalize"]:
+        out /= sum(weights)
+    return out
+
+
+@merge_operator("task_arithmetic", [_weight(), _lambda(), _normalize(False)], min_models=1,
+                checks=(_weights_nonzero,),
+                description="theta_0 + lambda * sum w_i tau_i (divided by sum w_i when normalize)")
+def task_arithmetic_merge(base, tensors, params):
+    deltas = [t - base for t in tensors]
+    return _apply(base, weighted_delta_sum(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+@merge_operator("ties", [_weight(), _density(), _lambda(), _normalize(True)], min_models=1,
+                description="TIES: trim deltas to top density by magnitude, elect signs, disjoint mean")
+def ties_merge(base, tensors, params):
+    deltas = [trim_magnitude(t - base, d) for t, d in zip(tensors, params["density"])]
+    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+@merge_operator("dare_ties", [_weight(), _density(), _lambda(), _normalize(True), _rescale()],
+                min_models=1, randomized=True, checks=(_density_positive,),
+                description="DARE random drop (keep prob. density, rescale 1/density) + TIES sign election")
+def dare_ties_merge(base, tensors, params):
+    deltas = [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device))
+              for i, (t, d) in enumerate(zip(tensors, params["density"]))]
+    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+@merge_operator("dare_linear", [_weight(), _density(), _lambda(), _normalize(False), _rescale()],
+                min_models=1, randomized=True, checks=(_density_positive, _weights_nonzero),
+                description="DARE random drop (keep prob. density, rescale 1/density) + task arithmetic")
+def dare_linear_merge(base, tensors, params):
+    deltas = [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device))
+              for i, (t, d) in enumerate(zip(tensors, params["density"]))]
+    return _apply(base, weighted_delta_sum(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+_GAMMA = Param("gamma", 0.01, minimum=0.0, maximum=1.0, help="share of largest |delta| dropped")
+
+
+@merge_operator("breadcrumbs", [_weight(), _density(0.9), _GAMMA, _lambda(), _normalize(False)],
+                min_models=1, checks=(_weights_nonzero,),
+                description="Model Breadcrumbs: drop the top gamma and keep the next density of |tau|; task arithmetic")
+def breadcrumbs_merge(base, tensors, params):
+    deltas = []
+    for t, d in zip(tensors, params["density"]):
+        delta = t - base
+        deltas.append(delta * breadcrumbs_mask(delta, d, params["gamma"]))
+    return _apply(base, weighted_delta_sum(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+@merge_operator("breadcrumbs_ties",
+                [_weight(), _density(0.9), _GAMMA, _lambda(), _normalize(True)], min_models=1,
+                description="Model Breadcrumbs masks combined with TIES sign election")
+def breadcrumbs_ties_merge(base, tensors, params):
+    deltas = []
+    for t, d in zip(tensors, params["density"]):
+        delta = t - base
+        deltas.append(delta * breadcrumbs_mask(delta, d, params["gamma"]))
+    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+@merge_operator("della",
+                [_weight(), _density(), Param("epsilon", 0.15, minimum=0.0, maximum=1.0,
+                                              help="spread of keep probabilities around density"),
+                 _lambda(), _normalize(True), _rescale()],
+                min_models=1, randomized=True,
+                description="DELLA: magnitude-ranked keep probabilities per row, rescale, TIES sign election")
+def della_merge(base, tensors, params):
+    deltas = [della_drop(t - base, d, params["epsilon"], params["rescale"], generator_for(params, i, t.device))
+              for i, (t, d) in enumerate(zip(tensors, params["density"]))]
+    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
+                  params["lambda"])
+
+
+@merge_operator("slerp", [Param("t", 0.5, help="0 gives the first endpoint, 1 the second")],
+                base="optional", min_models=2, max_models=2,
+                description="spherical interpolation of two models (the base is the first endpoint when named)")
+def slerp_merge(base, tensors, params):
+    import torch
+
+    a, b = (base, tensors[0]) if base is not None else (tensors[0], tensors[1])
+    t = float(params["t"])
+    va, vb = a.reshape(-1), b.reshape(-1)
+    na, nb = float(torch.linalg.vector_norm(va)), float(torch.linalg.vector_norm(vb))
+    # A zero vector has no direction: interpolate linearly, as for colinear vectors.
+    cos = float(torch.dot(va, vb)) / (na * nb) if na > 0 and nb > 0 else 1.0
+    if abs(cos) > SLERP_COLINEAR:
+        return (1.0 - t) * a + t * b
+    omega = math.acos(max(-1.0, min(1.0, cos)))
+    s = math.sin(omega)
+    return (math.sin((1.0 - t) * omega) / s) * a + (math.sin(t * omega) / s) * b
+
+
+@merge_operator("model_stock", [], min_models=2,
+                description="Model Stock: t = N c / (1 + (N-1) c) from the mean pairwise cosine c of the deltas")
+def model_stock_merge(base, tensors, params):
+    import torch
+
+    deltas = [(t - base).reshape(-1) for t in tensors]
+    norms = [float(torch.linalg.vector_norm(d)) for d in deltas]
+    n = len(deltas)
+    cosines = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            # A zero delta has no direction; count it as orthogonal.
+            denom = norms[i] * norms[j]
+            cosines.append(float(torch.dot(deltas[i], deltas[j])) / denom if denom > 0 else 0.0)
+    c = sum(cosines) / len(cosines)
+    denominator = 1.0 + (n - 1) * c
+    ratio = n * c / denominator if denominator != 0 else 0.0
+    mean = torch.stack(tensors).mean(dim=0)
+    return ratio * mean + (1.0 - ratio) * base
