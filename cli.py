@@ -516,6 +516,206 @@ def models_list(db_path, as_json):
 # ---------------------------------------------------------------------------------------
 # replay, policies, export
 # ---------------------------------------------------------------------------------------
+DEFAULT_REPLAY_POLICIES = ("linucb", "hybrid", "lints", "egreedy", "vw", "random")
+
+
+def _ci(x: dict, fmt: str = "{:.3f}") -> str:
+    if x.get("mean", x.get("value")) is None:
+        return "-"
+    v = x.get("mean", x.get("value"))
+    return f"{fmt.format(v)} [{fmt.format(x['low'])}, {fmt.format(x['high'])}]"
+
+
+def _progress_bar(total: int, quiet: bool):
+    """A tqdm bar on a terminal; nothing when piped or with --json."""
+    if quiet or not sys.stderr.isatty():
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="run", file=sys.stderr, leave=False)
+    return bar, bar.update
+
+
+def _print_replay(rep: dict) -> None:
+    click.echo(f"{rep['rows']} rows, {len(rep['arms'])} arms, {rep['seeds']} seeds; "
+               f"best fixed arm {rep['best_fixed_arm']} (mean {rep['best_fixed_mean']:.4f}), "
+               f"oracle mean {rep['oracle_mean']:.4f}")
+    click.echo("mean [95 % interval over seeds]")
+    head = f"{'policy':<26} {'mean reward':<26} {'regret':<28} {'gap closure':<26} {'gap closure, last half':<26}"
+    click.echo(head)
+    for p in rep["policies"]:
+        click.echo(f"{p['policy']:<26} {_ci(p['mean_reward'], '{:.4f}'):<26} {_ci(p['regret'], '{:.1f}'):<28} "
+                   f"{_ci(p['gap_closure']):<26} {_ci(p['gap_closure_last_half']):<26}")
+    if rep["policies"] and "add_arm" in rep["policies"][0]:
+        a0 = rep["policies"][0]["add_arm"]
+        click.echo(f"\narm {a0['arm']} joins after round {a0['round']}; fair rate (share of later rows it is best on) "
+                   f"{a0['fair_rate']['mean']:.3f}")
+        click.echo(f"{'policy':<26} {'rounds to fair rate':<22} {'share after':<26} {'regret/round before':<26} "
+                   f"{'regret/round after':<26}")
+        for p in rep["policies"]:
+            a = p["add_arm"]
+            r = a["rounds_to_fair_rate"]
+            reach = "never" if r["median"] is None else f"{r['median']:.0f} ({r['reached']}/{r['seeds']} seeds)"
+            click.echo(f"{p['policy']:<26} {reach:<22} {_ci(a['share_after']):<26} "
+                       f"{_ci(a['regret_per_round_before'], '{:.4f}'):<26} {_ci(a['regret_per_round_after'], '{:.4f}'):<26}")
+    if rep["policies"] and "new_task" in rep["policies"][0]:
+        t0 = rep["policies"][0]["new_task"]
+        click.echo(f"\ntask {t0['task']} starts at round {t0['round']}; regret per round on its first "
+                   f"{t0['first_rows']} rows vs the other tasks' rows in the same rounds")
+        click.echo(f"{'policy':<26} {'new task, first rows':<26} {'other tasks, same rounds':<26} {'new task, later rows':<26}")
+        for p in rep["policies"]:
+            t = p["new_task"]
+            click.echo(f"{p['policy']:<26} {_ci(t['regret_per_round_first_rows'], '{:.4f}'):<26} "
+                       f"{_ci(t['regret_per_round_other_tasks_same_rounds'], '{:.4f}'):<26} "
+                       f"{_ci(t['regret_per_round_later_rows'], '{:.4f}'):<26}")
+    if rep.get("plot"):
+        click.echo(f"\nregret curves written to {rep['plot']}")
+
+
+def _print_logged(rep: dict) -> None:
+    click.echo(f"decision log {rep['source']}")
+    for t in rep["targets"]:
+        click.echo(f"\ntarget {t['policy']}: {t['rewarded']} rewarded of {t['events']} events, logged mean reward "
+                   f"{t['logged_mean_reward']:.4f}, effective sample size {t['effective_sample_size']:.1f}")
+        click.echo(f"{'estimator':<10} {'value [95 % bootstrap interval]':<34} note")
+        for name, e in t["estimators"].items():
+            note = ""
+            if name == "replay":
+                note = f"{e['logging']}: {e['matched']} events matched of {e['kept']} kept"
+            click.echo(f"{name:<10} {_ci(e, '{:.4f}'):<34} {note}")
+
+
+@main.command()
+@click.option("--outcomes", type=click.Path(dir_okay=False), help="Full-information outcome table (CSV or JSONL).")
+@click.option("--logged", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              help="Evaluate from a decision log: an exported JSONL file, or this database's events if no FILE.")
+@click.option("--policy", "-p", "policies", multiple=True, metavar="NAME[:k=v,...]",
+              help=f"Policy to replay (repeatable). Default: {', '.join(DEFAULT_REPLAY_POLICIES)}.")
+@click.option("--seeds", type=int, default=20, show_default=True, help="Random arrival orders per policy.")
+@click.option("--add-arm-at", metavar="ROUND:ARM", help="ARM is unknown until ROUND rounds have passed.")
+@click.option("--new-task-at", metavar="ROUND:TASK", help="TASK's rows only arrive from round ROUND on.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write cumulative-regret curves to this PNG.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Processes to spread the runs over.")
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples (--logged).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --logged's randomness.")
+@db_option
+@json_option
+def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, db_path, as_json):
+    """Evaluate policies offline: on an outcome table, or on a decision log."""
+    # The policies' matrices are small; threaded BLAS only makes the replay processes fight
+    # over the cores. Effective when numpy is not loaded yet, as in a fresh `bandit` process.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from bandit.errors import BanditError
+
+    if (outcomes is None) == (logged is None):
+        raise BanditError("give exactly one of --outcomes FILE or --logged [FILE]")
+    policies = list(policies) or list(DEFAULT_REPLAY_POLICIES)
+    if logged is not None:
+        if add_arm_at or new_task_at or plot:
+            raise BanditError("--add-arm-at, --new-task-at and --plot apply to --outcomes only")
+        from bandit.ope import evaluate_log_source
+
+        store = None
+        if not logged:
+            if not os.path.exists(db_path):
+                raise BanditError(f"{db_path}: no such database (give --db, or a decision log file)")
+            from store import Store
+
+            store = Store(db_path)
+        rep = evaluate_log_source(policies, logged or None, store, seed=seed, bootstrap=bootstrap)
+        emit_json(rep) if as_json else _print_logged(rep)
+        return
+    from bandit.replay import AddArm, NewTask, parse_scenario_arg, replay_outcomes
+
+    add_arm = AddArm(*parse_scenario_arg(add_arm_at, "--add-arm-at")) if add_arm_at else None
+    new_task = NewTask(*parse_scenario_arg(new_task_at, "--new-task-at")) if new_task_at else None
+    known = None
+    if os.path.exists(db_path):  # arms registered there describe the table's arms best
+        from bandit.policy import ArmSpec
+        from store import Store
+
+        with Store(db_path) as st:
+            known = {a["name"]: ArmSpec(a["name"], a["operator"], a["params"]) for a in st.arms()}
+    bar, tick = _progress_bar(len(policies) * max(seeds, 0), as_json)
+    try:
+        rep = replay_outcomes(outcomes, policies, seeds, add_arm, new_task, known, jobs, plot, tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    emit_json(rep) if as_json else _print_replay(rep)
+
+
+@main.group()
+def policy():
+    """Show or choose the live policy."""
+
+
+@policy.command("set")
+@click.argument("name")
+@click.argument("params", nargs=-1)
+@db_option
+@json_option
+def policy_set(name, params, db_path, as_json):
+    """Make NAME (linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
+    from bandit.arms import parse_params
+    from bandit.policies import parse_policy_spec
+
+    if ":" in name:  # the replay spelling, e.g. fixed:ties or lints:v=0.2
+        spec = parse_policy_spec(name)
+        name, extra = spec["name"], spec["params"]
+    else:
+        extra = {}
+    values = parse_params(params)
+    for k in extra:
+        if k in values:
+            from bandit.errors import BanditError
+
+            raise BanditError(f"parameter {k!r} given twice")
+    out = _service(db_path).set_policy(name, {**extra, **values})
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"live policy: {out['label']}  ({_fmt_params(out['effective'])})")
+
+
+@policy.command("show")
+@db_option
+@json_option
+def policy_show(db_path, as_json):
+    """The live policy and its settings."""
+    out = _service(db_path).show_policy()
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"live policy: {out['label']}  ({_fmt_params(out['effective'])})")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+              help="File to write (- for standard output).")
+@click.option("--rewarded-only", is_flag=True, help="Only events that have a reward.")
+@db_option
+def export(fmt, output, rewarded_only, db_path):
+    """Write the events as a decision log (see bandit/decision_log.py for the layout)."""
+    from bandit.decision_log import export_events
+    from bandit.errors import BanditError
+    from store import Store
+
+    if not os.path.exists(db_path):
+        raise BanditError(f"{db_path}: no such database")
+    with Store(db_path) as store:
+        if output == "-":
+            n = export_events(store.events(rewarded_only=rewarded_only), sys.stdout, fmt)
+        else:
+            tmp = output + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                n = export_events(store.events(rewarded_only=rewarded_only), f, fmt)
+            os.replace(tmp, output)
+    if output != "-":
+        click.echo(f"wrote {n} events to {output}", err=True)
+
 
 
 # ---------------------------------------------------------------------------------------

@@ -68,6 +68,13 @@ class Policy(ABC):
     def decide(self, actions: Sequence[Action], rng: np.random.Generator) -> Decision:
         """Probabilities over the actions and the one sampled from them."""
 
+    def learn_decision(self, actions: Sequence[Action], chosen: int, reward: float, prob: float) -> None:
+        """Learn from one logged decision: the actions offered, the one taken, its reward and
+        the probability it was taken with. Ridge-style policies need only the chosen action;
+        learners that reduce to importance-weighted regression (VW) override this."""
+        action = actions[chosen]
+        self.learn_one(action.arm, action.context, reward)
+
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The settings to log with each event."""

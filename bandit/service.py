@@ -19,8 +19,8 @@ from bandit import ridge
 from bandit.arms import DEFAULT_ARMS, check_arm_name, validate_operator
 from bandit.errors import BanditError
 from bandit.linucb import RidgeArms
-from bandit.policies import DEFAULT_POLICY, make_policy
-from bandit.policy import Action, ArmSpec
+from bandit.policies import DEFAULT_POLICY, make_policy, policy_label
+from bandit.policy import Action, ArmSpec, Policy
 from bandit.posterior import Posterior, update_arrays
 from bandit.reward import RIDGE, RewardOutcome, arm_prior, chosen_context, record_reward
 from store import Store
@@ -73,6 +73,9 @@ class Service:
         self._policy = None
         self._policy_key = None
         self._versions: dict[str, int] = {}
+        self._active: set[str] = set()  # arms the live policy may propose
+        self._learned: set[int] = set()  # rewarded events a log-fed policy has learned
+        self._snapshot_size = -1  # how many of them the snapshot on disk holds (-1: none)
         self._known_tasks: set[str] = set()
         self._ensure_defaults()
 
@@ -107,17 +110,118 @@ class Service:
         settings = self.policy_settings()
         key = (settings["name"], tuple(sorted(settings.get("params", {}).items())))
         if self._policy is None or key != self._policy_key:
-            self._policy = make_policy(settings["name"], settings.get("params"))
+            self._policy = self._build_policy(settings)
             self._policy_key = key
             self._versions = {}
         if isinstance(self._policy, RidgeArms):
             self._sync_ridge(self._policy)
+        else:
+            self._sync_from_log(self._policy)
         return self._policy
+
+    # -- policies fed from the log (hybrid, vw, baselines) ---------------------------------
+    # Their learned state is derived from events + rewards like the ridge posteriors; a
+    # snapshot next to the database (VW's workspace, hybrid's matrices) saves relearning
+    # the whole log in every new process. It records which rewarded events it holds.
+    SNAPSHOT_SUFFIX = {"vw": ".vw", "hybrid": ".hybrid.npz"}
+    # Writing a snapshot costs a few ms; a process that loads one relearns the rewards
+    # after it, so it is rewritten only once it lags this many rewards behind.
+    SNAPSHOT_EVERY = 32
+
+    def vw_path(self) -> str:
+        """The VW workspace of this database: saved next to it."""
+        return str(self.store.path) + self.SNAPSHOT_SUFFIX["vw"]
+
+    def snapshot_path(self, policy_name: str) -> str | None:
+        suffix = self.SNAPSHOT_SUFFIX.get(policy_name)
+        return None if suffix is None else str(self.store.path) + suffix
+
+    @staticmethod
+    def _snapshot_class(policy_name: str):
+        if policy_name == "vw":
+            from bandit.vw import VWPolicy
+
+            return VWPolicy
+        from bandit.hybrid import HybridLinUCB
+
+        return HybridLinUCB
+
+    def _build_policy(self, settings: dict[str, Any]) -> Policy:
+        import os
+
+        self._learned = set()
+        self._snapshot_size = -1
+        path = self.snapshot_path(settings["name"])
+        if path is not None and os.path.exists(path):
+            try:
+                policy, header = self._snapshot_class(settings["name"]).load(path)
+            except (BanditError, OSError, KeyError, ValueError, RuntimeError):
+                policy, header = None, {}  # unreadable: relearn from the log, overwrite it
+            learned = set(header.get("learned_events", []))
+            # A snapshot of other settings, or one that learned rewards this database does
+            # not hold (say, the database was restored from a backup), is relearned.
+            if (policy is not None and header.get("settings") == settings
+                    and learned <= set(self.store.rewarded_event_ids())):
+                self._learned = learned
+                self._snapshot_size = len(learned)
+                return policy
+        return make_policy(settings["name"], settings.get("params"))
+
+    def _sync_from_log(self, policy: Policy) -> None:
+        """Policies without ridge posteriors learn from the events and rewards themselves
+        (the source of truth): every arm ever added is known (a retired arm's rewards
+        still teach shared parts), only active ones are proposed, and each rewarded event
+        not learned yet is learned in the order rewards were recorded."""
+        arms = self.store.arms()
+        self._active = {a["name"] for a in arms if a["status"] == "active"}
+        for a in arms:
+            if a["name"] not in policy.specs:
+                donor = a["warm_start_from"] if a["warm_start_from"] in policy.specs else None
+                shrink = a["shrink"] if a["shrink"] is not None else 0.1
+                policy.add_arm(ArmSpec(a["name"], a["operator"], a["params"]), donor, shrink)
+        new = [i for i in self.store.rewarded_event_ids() if i not in self._learned]
+        if not new:
+            return
+        for r in self.store.rewarded_decisions(new):
+            actions = [Action(a["arm"], r["contexts"][a.get("candidate", 0)], a.get("candidate", 0))
+                       for a in r["actions"]]
+            policy.learn_decision(actions, r["chosen"], r["value"], r["prob"])
+            self._learned.add(r["event_id"])
+        path = self.snapshot_path(policy.name)
+        if path is not None and (self._snapshot_size < 0
+                                 or len(self._learned) - self._snapshot_size >= self.SNAPSHOT_EVERY):
+            policy.save(path, {"settings": self.policy_settings(), "learned_events": sorted(self._learned)})
+            self._snapshot_size = len(self._learned)
+
+    def set_policy(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Choose the live policy. Its settings are checked by building it once; `fixed`
+        must name an arm of this database. Events record which policy chose them."""
+        params = dict(params or {})
+        policy = make_policy(name, params)
+        if name == "fixed" and self.store.arm(params.get("arm")) is None:
+            raise BanditError(f"policy fixed: no arm named {params.get('arm')!r}")
+        if policy.params().get("epsilon", 1.0) <= 0:
+            # DESIGN: a live policy keeps every action's probability >= ε/K, so its log
+            # can be evaluated offline; ε = 0 is for replay baselines only.
+            raise BanditError(f"a live policy needs epsilon > 0 (every action keeps probability >= epsilon/K); "
+                              f"for example: bandit policy set {name} epsilon=0.05"
+                              + (f" arm={params.get('arm')}" if name == "fixed" else ""))
+        settings = {"name": name, "params": params}
+        with self.store.transaction():
+            self.store.set_setting("policy", settings)
+        return {"name": name, "params": params, "label": policy_label(settings), "effective": policy.params()}
+
+    def show_policy(self) -> dict[str, Any]:
+        settings = self.policy_settings()
+        policy = make_policy(settings["name"], settings.get("params"))
+        return {"name": settings["name"], "params": settings.get("params", {}), "label": policy_label(settings),
+                "effective": policy.params()}
 
     def _sync_ridge(self, policy: RidgeArms) -> None:
         import json
 
         active = {a["name"]: a for a in self.store.active_arms_with_versions(RIDGE)}
+        self._active = set(active)
         versions = {name: a["version"] for name, a in active.items()}
         for name in list(policy.posteriors):
             if name not in active:  # retired since
@@ -170,7 +274,7 @@ class Service:
         rng = np.random.default_rng(seed)
 
         policy = self.policy()
-        arms = policy.arm_names
+        arms = [a for a in policy.arm_names if a in self._active]
         if not arms:
             raise BanditError("no active arms: add one with `bandit arms add`")
         actions = [Action(arm, ctx, c) for c, ctx in enumerate(contexts) for arm in arms]

@@ -275,6 +275,27 @@ class Store:
             r["actions"] = json.loads(r["actions"])
             yield r
 
+    def rewarded_event_ids(self) -> list[int]:
+        """Ids of the rewarded events, in the order the rewards were recorded (by time; the
+        rewards table's rowid is its event_id, so rowid order is event order)."""
+        return [r["event_id"] for r in self._all("SELECT event_id FROM rewards ORDER BY created_at, event_id")]
+
+    def rewarded_decisions(self, event_ids: list[int]) -> list[dict]:
+        """Reward, chosen action, offered actions, contexts and logged probability of the
+        given rewarded events, in the order of `event_ids`: what a learner replays."""
+        out: dict[int, dict] = {}
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start:start + 500]
+            sql = (
+                "SELECT r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions, e.prob FROM rewards r "
+                f"JOIN events e ON e.id = r.event_id WHERE r.event_id IN ({', '.join('?' * len(chunk))})"
+            )
+            for r in self.conn.execute(sql, chunk):
+                r["contexts"] = json.loads(r["contexts"])
+                r["actions"] = json.loads(r["actions"])
+                out[r["event_id"]] = r
+        return [out[i] for i in event_ids if i in out]
+
     def arm_stats(self) -> list[dict]:
         return self._all(
             "SELECT a.name AS arm, a.operator, a.status, "

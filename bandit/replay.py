@@ -1,0 +1,384 @@
+"""Offline replay on a full-information outcome table.
+
+Each policy runs online over the table's rows in a random arrival order (one order per
+seed, the same for every policy so they are compared on equal terms) and sees only the
+reward of the arm it chose. Against that run we measure:
+- mean reward;
+- cumulative regret vs the per-row oracle (the best arm of each row, among the arms that
+  exist at that round);
+- gap closure = (policy − best fixed arm) / (oracle − best fixed arm), mean rewards over
+  all rounds and over the last half; the best fixed arm has the highest mean over the whole
+  table (hindsight), so 0 means "no better than always using it" and 1 means "the oracle".
+Every figure comes with a 95 % interval over seeds (Student t on the per-seed values).
+
+Scenarios: an arm that only joins after some round (`AddArm`), and a task whose rows only
+arrive from some round on (`NewTask`), each with its own report.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from bandit.arms import DEFAULT_ARMS
+from bandit.errors import BanditError
+from bandit.outcomes import OutcomeTable
+from bandit.policies import make_policy, parse_policy_spec, policy_label
+from bandit.policy import Action, ArmSpec
+
+FAIR_WINDOW = 50  # rounds in the trailing window that measures a new arm's choice rate
+NEW_TASK_FIRST_ROWS = 20  # "first rows" of a new task, when it has at least twice as many
+
+
+@dataclass(frozen=True)
+class AddArm:
+    round: int  # the arm joins after this many rounds
+    arm: str
+
+
+@dataclass(frozen=True)
+class NewTask:
+    round: int  # the task's rows arrive only from this round on (0-based)
+    task: str
+
+
+@dataclass
+class Run:
+    """One policy over one arrival order."""
+
+    seed: int
+    rows: np.ndarray  # row index per round
+    chosen: np.ndarray  # arm index (into table.arms) per round
+    reward: np.ndarray
+    prob: np.ndarray
+    oracle: np.ndarray  # best reward among the arms that existed that round
+    fixed: np.ndarray  # the best fixed arm's reward on that row
+
+
+@dataclass
+class PolicyResult:
+    label: str
+    settings: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+
+def parse_scenario_arg(text: str, kind: str) -> tuple[int, str]:
+    """`ROUND:NAME` with ROUND a whole number ≥ 0."""
+    head, sep, name = text.partition(":")
+    try:
+        rnd = int(head)
+    except ValueError:
+        rnd = -1
+    if not sep or not name or rnd < 0:
+        raise BanditError(f"bad {kind} {text!r}: write it as ROUND:NAME with ROUND a whole number >= 0")
+    return rnd, name
+
+
+def arm_specs_for(names: Sequence[str], known: Mapping[str, ArmSpec] | None = None) -> dict[str, ArmSpec]:
+    """Operator and params of each arm of a table: from `known` (e.g. the database's arms),
+    else the default arm of that name, else an arm whose operator is its own name."""
+    defaults = {n: ArmSpec(n, op, p) for n, op, p in DEFAULT_ARMS}
+    known = dict(known or {})
+    return {n: known.get(n) or defaults.get(n) or ArmSpec(n, n, {}) for n in names}
+
+
+def arrival_order(table: OutcomeTable, seed: int, new_task: NewTask | None = None) -> np.ndarray:
+    """A random permutation of the rows; with `new_task`, that task's rows only from its round on."""
+    rng = np.random.default_rng([seed, 0])
+    n = len(table)
+    if new_task is None:
+        return rng.permutation(n)
+    is_new = np.array([t == new_task.task for t in table.tasks])
+    new_rows, old_rows = np.flatnonzero(is_new), np.flatnonzero(~is_new)
+    old_rows = rng.permutation(old_rows)
+    head = old_rows[: new_task.round]
+    tail = rng.permutation(np.concatenate([old_rows[new_task.round:], new_rows]))
+    return np.concatenate([head, tail]).astype(np.intp)
+
+
+def run_once(
+    table: OutcomeTable, settings: Mapping[str, Any], seed: int, specs: Mapping[str, ArmSpec],
+    add_arm: AddArm | None = None, new_task: NewTask | None = None,
+    contexts: Sequence[Mapping[str, float]] | None = None,
+) -> Run:
+    """Drive one policy through one arrival order, revealing only the chosen arm's reward."""
+    order = arrival_order(table, seed, new_task)
+    rng = np.random.default_rng([seed, 1])
+    policy = make_policy(settings["name"], settings.get("params"))
+    contexts = contexts if contexts is not None else table.contexts()
+    late = add_arm.arm if add_arm is not None else None
+    available = [j for j, a in enumerate(table.arms) if a != late]
+    for j in available:
+        policy.add_arm(specs[table.arms[j]])
+    names = [table.arms[j] for j in available]
+    T = len(order)
+    chosen = np.empty(T, dtype=np.intp)
+    reward = np.empty(T)
+    prob = np.empty(T)
+    R = table.R
+    for t in range(T):
+        if late is not None and t == add_arm.round:
+            policy.add_arm(specs[late])
+            available = list(range(len(table.arms)))
+            names = list(table.arms)
+        row = order[t]
+        ctx = contexts[row]
+        actions = [Action(a, ctx) for a in names]
+        decision = policy.decide(actions, rng)
+        j = available[decision.chosen]
+        r = float(R[row, j])
+        policy.learn_decision(actions, decision.chosen, r, decision.prob)
+        chosen[t], reward[t], prob[t] = j, r, decision.prob
+    R_ordered = R[order]
+    oracle = R_ordered.max(axis=1)
+    if late is not None:
+        k_late = table.arms.index(late)
+        before = min(add_arm.round, T)
+        oracle[:before] = np.delete(R_ordered[:before], k_late, axis=1).max(axis=1)
+    fixed = R_ordered[:, table.best_fixed_arm()]
+    return Run(seed, order, chosen, reward, prob, oracle, fixed)
+
+
+def _run_job(args) -> Run:
+    return run_once(*args)
+
+
+def replay(
+    table: OutcomeTable, policies: Sequence[str | Mapping[str, Any]], seeds: int = 20,
+    add_arm: AddArm | None = None, new_task: NewTask | None = None,
+    specs: Mapping[str, ArmSpec] | None = None, jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[PolicyResult]:
+    """Run every policy over `seeds` arrival orders. Policies are `NAME[:k=v,...]` strings or
+    settings dicts. `jobs` > 1 spreads the (policy, seed) runs over processes."""
+    if seeds < 1:
+        raise BanditError("--seeds must be at least 1")
+    if len(table) < 2:
+        raise BanditError("the outcome table needs at least two rows")
+    if not policies:
+        raise BanditError("name at least one policy to replay (--policy NAME)")
+    specs = dict(specs or arm_specs_for(table.arms))
+    if add_arm is not None:
+        if add_arm.arm not in table.arms:
+            raise BanditError(f"--add-arm-at: arm {add_arm.arm!r} is not a reward column of the table")
+        if len(table.arms) < 2:
+            raise BanditError("--add-arm-at needs at least one other arm to start with")
+        if add_arm.round >= len(table):
+            raise BanditError(f"--add-arm-at: round {add_arm.round} is past the table's {len(table)} rows")
+    if new_task is not None:
+        if new_task.task not in table.tasks:
+            raise BanditError(f"--new-task-at: task {new_task.task!r} has no rows in the table")
+        if all(t == new_task.task for t in table.tasks):
+            raise BanditError("--new-task-at: every row belongs to that task; there is nothing to compare with")
+    results = []
+    for p in policies:
+        settings = parse_policy_spec(p) if isinstance(p, str) else dict(p)
+        make_policy(settings["name"], settings.get("params"))  # fail before any work
+        if settings["name"] == "fixed" and settings["params"].get("arm") not in table.arms:
+            raise BanditError(f"policy {p!r}: the table has no reward column r:{settings['params'].get('arm')}")
+        results.append(PolicyResult(policy_label(settings), settings))
+    jobs_list = [(i, s) for i in range(len(results)) for s in range(seeds)]
+    contexts = table.contexts()
+    if jobs > 1 and len(jobs_list) > 1:
+        args = [(table, results[i].settings, s, specs, add_arm, new_task, None) for i, s in jobs_list]
+        with ProcessPoolExecutor(max_workers=min(jobs, os.cpu_count() or 1)) as pool:
+            for (i, _), run in zip(jobs_list, pool.map(_run_job, args, chunksize=max(1, len(args) // (4 * jobs)))):
+                results[i].runs.append(run)
+                if progress:
+                    progress(1)
+    else:
+        for i, s in jobs_list:
+            results[i].runs.append(run_once(table, results[i].settings, s, specs, add_arm, new_task, contexts))
+            if progress:
+                progress(1)
+    return results
+
+
+# -- summaries ---------------------------------------------------------------------------
+def interval(values: Sequence[float], level: float = 0.95) -> dict[str, float | None]:
+    """Mean over seeds with a Student-t interval; NaN values (undefined runs) are skipped."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    m = float(v.mean())
+    if len(v) == 1:
+        return {"mean": m, "low": m, "high": m, "n": 1}
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return {"mean": m, "low": m - half, "high": m + half, "n": int(len(v))}
+
+
+def gap_closure(policy: np.ndarray, fixed: np.ndarray, oracle: np.ndarray) -> float:
+    """(policy − fixed) / (oracle − fixed) of the mean rewards; NaN when oracle = fixed."""
+    gap = float(oracle.mean() - fixed.mean())
+    if gap <= 1e-12:
+        return float("nan")
+    return float(policy.mean() - fixed.mean()) / gap
+
+
+def run_metrics(run: Run) -> dict[str, float]:
+    half = len(run.reward) // 2
+    return {
+        "mean_reward": float(run.reward.mean()),
+        "regret": float((run.oracle - run.reward).sum()),
+        "gap_closure": gap_closure(run.reward, run.fixed, run.oracle),
+        "gap_closure_last_half": gap_closure(run.reward[half:], run.fixed[half:], run.oracle[half:]),
+    }
+
+
+def _first_reach(hits: np.ndarray, rate: float, window: int) -> int | None:
+    """Rounds (from 0) until the trailing-`window` share of hits first reaches `rate`."""
+    if len(hits) < window:
+        return None
+    share = np.convolve(hits.astype(np.float64), np.ones(window), "valid") / window
+    reached = np.flatnonzero(share >= rate - 1e-12)
+    return None if len(reached) == 0 else int(reached[0] + window)
+
+
+def add_arm_report(table: OutcomeTable, result: PolicyResult, add_arm: AddArm) -> dict[str, Any]:
+    """How fast a late arm is taken up, and the regret once it is there.
+
+    Its fair rate is the share of the rows after its arrival on which it is the oracle's
+    choice; "rounds to fair rate" counts rounds from its arrival until its share of the
+    last FAIR_WINDOW choices first reaches that rate (None when it never does).
+    """
+    k = table.arms.index(add_arm.arm)
+    reach, shares, fair, after, before = [], [], [], [], []
+    for run in result.runs:
+        a = add_arm.round
+        rows_after = run.rows[a:]
+        rate = float(np.mean(np.argmax(table.R[rows_after], axis=1) == k))
+        hits = run.chosen[a:] == k
+        fair.append(rate)
+        shares.append(float(hits.mean()))
+        reach.append(_first_reach(hits, rate, FAIR_WINDOW) if rate > 0 else 0)
+        after.append(float((run.oracle[a:] - run.reward[a:]).mean()))
+        before.append(float((run.oracle[:a] - run.reward[:a]).mean()) if a > 0 else float("nan"))
+    reached = [r for r in reach if r is not None]
+    return {
+        "arm": add_arm.arm, "round": add_arm.round, "fair_rate": interval(fair), "share_after": interval(shares),
+        "rounds_to_fair_rate": {"median": float(np.median(reached)) if reached else None,
+                                "reached": len(reached), "seeds": len(reach), "window": FAIR_WINDOW},
+        "regret_per_round_before": interval(before), "regret_per_round_after": interval(after),
+    }
+
+
+def new_task_report(table: OutcomeTable, result: PolicyResult, new_task: NewTask) -> dict[str, Any]:
+    """Per-round regret on the new task's first rows vs the other tasks' rows in the same rounds."""
+    is_new = np.array([t == new_task.task for t in table.tasks])
+    n_task = int(is_new.sum())
+    first = max(1, min(NEW_TASK_FIRST_ROWS, n_task // 2))
+    new_first, new_later, others = [], [], []
+    for run in result.runs:
+        regret = run.oracle - run.reward
+        pos = np.flatnonzero(is_new[run.rows])
+        span_end = pos[first - 1] + 1
+        span = np.arange(new_task.round, span_end)
+        other_pos = span[~is_new[run.rows[span]]]
+        new_first.append(float(regret[pos[:first]].mean()))
+        new_later.append(float(regret[pos[first:]].mean()) if len(pos) > first else float("nan"))
+        others.append(float(regret[other_pos].mean()) if len(other_pos) else float("nan"))
+    return {
+        "task": new_task.task, "round": new_task.round, "first_rows": first,
+        "regret_per_round_first_rows": interval(new_first),
+        "regret_per_round_later_rows": interval(new_later),
+        "regret_per_round_other_tasks_same_rounds": interval(others),
+    }
+
+
+def summarize(
+    table: OutcomeTable, results: Sequence[PolicyResult], add_arm: AddArm | None = None,
+    new_task: NewTask | None = None,
+) -> dict[str, Any]:
+    """The replay report as plain data (what `--json` prints)."""
+    fixed = table.best_fixed_arm()
+    out: dict[str, Any] = {
+        "rows": len(table), "arms": list(table.arms), "seeds": len(results[0].runs) if results else 0,
+        "best_fixed_arm": table.arms[fixed], "best_fixed_mean": float(table.R[:, fixed].mean()),
+        "oracle_mean": float(table.R.max(axis=1).mean()), "policies": [],
+    }
+    for res in results:
+        per_run = [run_metrics(r) for r in res.runs]
+        entry: dict[str, Any] = {"policy": res.label, "settings": res.settings}
+        for key in ("mean_reward", "regret", "gap_closure", "gap_closure_last_half"):
+            entry[key] = interval([m[key] for m in per_run])
+        if add_arm is not None:
+            entry["add_arm"] = add_arm_report(table, res, add_arm)
+        if new_task is not None:
+            entry["new_task"] = new_task_report(table, res, new_task)
+        out["policies"].append(entry)
+    return out
+
+
+def regret_curves(results: Sequence[PolicyResult]) -> dict[str, dict[str, np.ndarray]]:
+    """Per policy: mean cumulative regret per round over seeds, with a 95 % t band."""
+    from scipy import stats
+
+    curves = {}
+    for res in results:
+        C = np.array([np.cumsum(r.oracle - r.reward) for r in res.runs])
+        mean = C.mean(axis=0)
+        if len(C) > 1:
+            half = stats.t.ppf(0.975, len(C) - 1) * C.std(axis=0, ddof=1) / math.sqrt(len(C))
+        else:
+            half = np.zeros_like(mean)
+        curves[res.label] = {"mean": mean, "low": mean - half, "high": mean + half}
+    return curves
+
+
+def plot_regret(results: Sequence[PolicyResult], path: str | os.PathLike, title: str | None = None,
+                add_arm: AddArm | None = None, new_task: NewTask | None = None) -> None:
+    """Cumulative-regret curves, one per policy, best (lowest) first in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = regret_curves(results)
+    order = sorted(curves, key=lambda k: curves[k]["mean"][-1])
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for i, label in enumerate(order):
+        c = curves[label]
+        x = np.arange(1, len(c["mean"]) + 1)
+        ax.plot(x, c["mean"], color=cmap(i % 10), lw=2, label=f"{label}  ({c['mean'][-1]:.1f})")
+        ax.fill_between(x, c["low"], c["high"], color=cmap(i % 10), alpha=0.18, lw=0)
+    for marker, text in ((add_arm, "arm {} joins"), (new_task, "task {} starts")):
+        if marker is not None:
+            ax.axvline(marker.round, color="0.3", ls="--", lw=1)
+            ax.annotate(text.format(marker.arm if isinstance(marker, AddArm) else marker.task),
+                        (marker.round, ax.get_ylim()[1] * 0.95), xytext=(4, 0), textcoords="offset points",
+                        fontsize=9, color="0.3")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative regret vs per-row oracle")
+    seeds = len(results[0].runs) if results else 0
+    ax.set_title(title or f"Replay: cumulative regret (mean of {seeds} seeds, 95 % band)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="policy (final regret)", loc="upper left", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def replay_outcomes(
+    path: str | os.PathLike, policies: Sequence[str], seeds: int = 20, add_arm: AddArm | None = None,
+    new_task: NewTask | None = None, known_arms: Mapping[str, ArmSpec] | None = None, jobs: int = 1,
+    plot: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Read an outcome table, replay the policies on it, and return the report (and plot it)."""
+    from bandit.outcomes import read_outcomes
+
+    table = read_outcomes(path)
+    results = replay(table, policies, seeds, add_arm, new_task, arm_specs_for(table.arms, known_arms), jobs, progress)
+    report = summarize(table, results, add_arm, new_task)
+    report["source"] = str(path)
+    if plot is not None:
+        plot_regret(results, plot, add_arm=add_arm, new_task=new_task)
+        report["plot"] = str(plot)
+    return report
