@@ -15,7 +15,8 @@ Tables (all JSON columns are UTF-8 JSON text; all blobs are little-endian float6
   pmf, chosen, arm, model_a, model_b, prob, predicted, bonus, seed, recipe) — one row per
   proposal: every (candidate pair, arm) action offered, the probability of each, and
   the one chosen. The source of truth, with `rewards`.
-- rewards(event_id, value, created_at) — at most one per event.
+- rewards(id, event_id, value, created_at) — at most one per event (a unique index);
+  `id` is the order rewards were recorded in.
 - posteriors(model, arm, schema, lam, A, b, n, version, updated_at) — derived data:
   per reward model and arm, A = λI + Σxxᵀ and b = Σr·x over the feature names in
   `schema` (a bias term first). `bandit rebuild` recomputes them from events + rewards.
@@ -59,10 +60,13 @@ def _v1(db) -> None:
         },
         pk="id", not_null={"task", "arm", "pmf", "prob"}, if_not_exists=True,
     )
+    # `id` numbers rewards in the order they were recorded: the order the live posteriors
+    # were updated in, which `rebuild` replays (an event_id primary key would be event order).
     db["rewards"].create(
-        {"event_id": int, "value": float, "created_at": float},
-        pk="event_id", foreign_keys=[("event_id", "events", "id")], not_null={"value"}, if_not_exists=True,
+        {"id": int, "event_id": int, "value": float, "created_at": float},
+        pk="id", foreign_keys=[("event_id", "events", "id")], not_null={"event_id", "value"}, if_not_exists=True,
     )
+    db["rewards"].create_index(["event_id"], unique=True, if_not_exists=True)
     db["posteriors"].create(
         {
             "model": str, "arm": str, "schema": str, "lam": float, "A": bytes, "b": bytes,

@@ -268,7 +268,7 @@ class Store:
         the order in which the live posteriors were updated."""
         sql = (
             "SELECT r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions FROM rewards r "
-            "JOIN events e ON e.id = r.event_id ORDER BY r.rowid"
+            "JOIN events e ON e.id = r.event_id ORDER BY r.id"
         )
         for r in self.conn.execute(sql):
             r["contexts"] = json.loads(r["contexts"])
@@ -276,9 +276,8 @@ class Store:
             yield r
 
     def rewarded_event_ids(self) -> list[int]:
-        """Ids of the rewarded events, in the order the rewards were recorded (by time; the
-        rewards table's rowid is its event_id, so rowid order is event order)."""
-        return [r["event_id"] for r in self._all("SELECT event_id FROM rewards ORDER BY created_at, event_id")]
+        """Ids of the rewarded events, in the order the rewards were recorded."""
+        return [r["event_id"] for r in self._all("SELECT event_id FROM rewards ORDER BY id")]
 
     def rewarded_decisions(self, event_ids: list[int]) -> list[dict]:
         """Reward, chosen action, offered actions, contexts and logged probability of the
