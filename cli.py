@@ -852,15 +852,14 @@ def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
     if not as_json:
         click.echo(_outcome_report(table))
         click.echo("")
-        click.echo(f"{'round':>5}  {'request':<26} {'arm':<17} {'order':<5} {'reward':>6} {'mean':>6}")
+        click.echo(f"{'round':>5}  {'merge (A, B)':<28} {'arm':<17} {'reward':>6} {'mean':>6}")
     plot = plot or os.path.splitext(db_path)[0] + "-learning-curve.png"
 
     def show(r):
         if as_json:
             return
-        first = r.model_a.removeprefix("expert-")
-        order = "a,b" if r.task.startswith(first + "+") else "b,a"
-        click.echo(f"{r.round:>5}  {r.task:<26} {r.arm:<17} {order:<5} {r.reward:>6.3f} {r.running_mean:>6.3f}")
+        pair = f"{r.model_a.removeprefix('expert-')}, {r.model_b.removeprefix('expert-')}"
+        click.echo(f"{r.round:>5}  {pair:<28} {r.arm:<17} {r.reward:>6.3f} {r.running_mean:>6.3f}")
 
     s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show)
     if as_json:

@@ -81,6 +81,10 @@ class Recipe:
         parameters are spread onto the models; everything is validated here."""
         models = [os.fspath(m) for m in models]
         spec = get_operator(operator)
+        if base is not None and spec.base == "optional" and spec.max_models is not None and len(models) >= spec.max_models:
+            # An arm applied to a pair: the models fill the operator (slerp between the two
+            # fine-tunes), so the base is not an endpoint; its files still give the config.
+            base = None
         per_model: list[dict] = [{} for _ in models]
         shared: dict[str, Any] = {}
         for key, value in dict(params).items():

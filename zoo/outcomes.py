@@ -112,46 +112,90 @@ def merge_and_score(zoo: Zoo, operator: str, params: dict, task_a: str, task_b: 
     return {"accuracy": acc, "reward": retained_skill_reward(acc, expert)}
 
 
+def default_jobs(device: str) -> int:
+    """Worker processes for the merges: one per core on a CPU (each single-threaded, which
+    is fastest for models this small), one on a GPU."""
+    if device != "cpu":
+        import torch
+
+        if device.startswith("cuda") or torch.cuda.is_available():
+            return 1
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _score_cell(zoo_root: str, operator: str, params: dict, a: str, b: str, device: str) -> dict[str, Any]:
+    import torch
+
+    from zoo.manifest import load_zoo
+
+    torch.set_num_threads(1)
+    return merge_and_score(load_zoo(zoo_root), operator, params, a, b, device=device)
+
+
 def build_outcomes(
     zoo: Zoo, out: str | os.PathLike | None = None, *, arms: Sequence[tuple[str, str, dict]] = DEFAULT_ARMS,
-    device: str = "auto", structural_only: bool = False, on_cell: Callable[[str, str, str, float, bool], None] | None = None,
+    device: str = "auto", structural_only: bool = False, jobs: int | None = None,
+    on_cell: Callable[[str, str, str, float, bool], None] | None = None,
 ) -> OutcomeSummary:
-    """Build (or complete from the cache) the outcome table and write it to `out` (CSV or JSONL)."""
+    """Build (or complete from the cache) the outcome table and write it to `out` (CSV or JSONL).
+
+    Features come first (cached in the zoo's features.db); the merges that are not in the
+    cache then run in `jobs` worker processes (default: `default_jobs(device)`)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     from bandit.context import pair_features
     from bandit.service import Service
 
     cache_path = zoo.root / "outcomes-cache.json"
     cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     svc = Service(str(zoo.root / "features.db"))
-    register_zoo(svc, zoo)
-    rows: list[dict[str, Any]] = []
-    run = cached = 0
     try:
+        register_zoo(svc, zoo)
+        rows: list[dict[str, Any]] = []
         for a, b in zoo.pairs():
             probes = None if structural_only else pair_probes(zoo, a, b)
             feats = pair_features(svc.store, zoo.expert_name(a), zoo.expert_name(b), probes,
                                   structural_only=structural_only, device=device).features
             row: dict[str, Any] = {"task": pair_task(a, b), "model_a": zoo.expert_name(a), "model_b": zoo.expert_name(b)}
             row.update({f"f:{k}": v for k, v in feats.items()})
-            for arm, operator, params in arms:
-                key = _cache_key(zoo, arm, operator, params, a, b)
-                hit = key in cache
-                if not hit:
-                    cache[key] = merge_and_score(zoo, operator, params, a, b, device=device)
-                    run += 1
-                    if run % 8 == 0:  # keep what was measured if the run is interrupted
-                        _save_cache(cache_path, cache)
-                else:
-                    cached += 1
-                row[f"r:{arm}"] = cache[key]["reward"]
-                if on_cell is not None:
-                    on_cell(a, b, arm, cache[key]["reward"], hit)
             rows.append(row)
     finally:
-        _save_cache(cache_path, cache)
         svc.store.close()
+
+    cells = [(a, b, arm, operator, params, _cache_key(zoo, arm, operator, params, a, b))
+             for a, b in zoo.pairs() for arm, operator, params in arms]
+    todo = [c for c in cells if c[5] not in cache]
+    if on_cell is not None:
+        for a, b, arm, _, _, key in cells:
+            if key in cache:
+                on_cell(a, b, arm, cache[key]["reward"], True)
+    jobs = jobs or default_jobs(device)
+    try:
+        if jobs == 1:
+            for n, (a, b, arm, operator, params, key) in enumerate(todo, 1):
+                cache[key] = merge_and_score(zoo, operator, params, a, b, device=device)
+                if on_cell is not None:
+                    on_cell(a, b, arm, cache[key]["reward"], False)
+                if n % 16 == 0:  # keep what was measured if the run is interrupted
+                    _save_cache(cache_path, cache)
+        elif todo:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_score_cell, str(zoo.root), op, params, a, b, device): (a, b, arm, key)
+                           for a, b, arm, op, params, key in todo}
+                for n, fut in enumerate(as_completed(futures), 1):
+                    a, b, arm, key = futures[fut]
+                    cache[key] = fut.result()
+                    if on_cell is not None:
+                        on_cell(a, b, arm, cache[key]["reward"], False)
+                    if n % 16 == 0:
+                        _save_cache(cache_path, cache)
+    finally:
+        _save_cache(cache_path, cache)
+    for row, (a, b) in zip(rows, zoo.pairs()):
+        for arm, operator, params in arms:
+            row[f"r:{arm}"] = cache[_cache_key(zoo, arm, operator, params, a, b)]["reward"]
     summary = summarize(rows, [arm for arm, _, _ in arms])
-    summary.merges_run, summary.merges_cached = run, cached
+    summary.merges_run, summary.merges_cached = len(todo), len(cells) - len(todo)
     if out is not None:
         write_table(rows, out)
         summary.path = str(out)
