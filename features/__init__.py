@@ -20,7 +20,7 @@ Structural (from weights; streamed, float64 accumulators):
 | weight_cos | ⟨θ_A, θ_B⟩ / (‖θ_A‖‖θ_B‖) | [-1, 1] | symmetric |
 | delta_norm_logratio | tanh(log(‖δ_A‖ / ‖δ_B‖)) = (‖δ_A‖² − ‖δ_B‖²) / (‖δ_A‖² + ‖δ_B‖²) | [-1, 1] | flips |
 | sign_agreement | #{δ_A·δ_B > 0} / #{δ_A ≠ 0 and δ_B ≠ 0}: among entries both models changed, the share changed in the same direction | [0, 1] | symmetric |
-| topk_overlap | per tensor, Jaccard |M_A ∩ M_B| / |M_A ∪ M_B| of the masks M = {|δ| ≥ k-th largest |δ|, δ ≠ 0}, k = ⌈0.2·n⌉ (ties at the threshold included, |δ| in float32); averaged weighted by tensor size over tensors either model changed | [0, 1] | symmetric |
+| topk_overlap | per tensor, Jaccard #(M_A ∩ M_B) / #(M_A ∪ M_B) of the masks M = {|δ| ≥ k-th largest |δ|, δ ≠ 0}, k = ⌈0.2·n⌉ (ties at the threshold included); averaged weighted by tensor size over tensors either model changed | [0, 1] | symmetric |
 | layer_cos_min / _mean / _max | cosine of δ_A, δ_B within each transformer block (names `layers.N.`, `h.N.`, `layer.N.`, `blocks.N.`), then min / mean / max over blocks | [-1, 1] | symmetric |
 | attn_cos_min / _mean / _max | the same within each block's attention tensors (`self_attn.`, `attention.`, `attn.`) | [-1, 1] | symmetric |
 | mlp_cos_min / _mean / _max | the same within each block's MLP tensors (`mlp.`, `feed_forward.`, `ffn.`) | [-1, 1] | symmetric |
