@@ -285,7 +285,7 @@ class DeltaStats:
         inter = torch.count_nonzero(sure[0] & sure[1])
         # Appended even when empty: testing first would cost another scan of the chunk.
         undecided.append(mags[:, band[0] | band[1]])  # indexing copies
-        return sure.sum(dim=1), inter
+        return torch.count_nonzero(sure, dim=1), inter
 
     def _settle_topk(self, base, a, b, brackets: list[_Bracket], inter_sure: int, undecided: list) -> None:
         import torch
