@@ -57,7 +57,7 @@ import json
 
 from features.errors import FeatureError
 from features.functional import FUNCTIONAL_FEATURES, MAX_TOKENS, resolve_probes
-from features.structural import STRUCTURAL_FEATURES, TOPK_FRACTION
+from features.structural import STRUCTURAL_FEATURES
 
 FEATURE_SET = "simmerge-sim"
 # Bump whenever a definition above (or TOPK_FRACTION, MAX_TOKENS, the generic probes) changes:
@@ -80,7 +80,7 @@ def probe_hash(probes: list[str] | None) -> str:
     """A digest of the probe texts as they will be used (None: the built-in set), with the
     token cut, so that equal probe sets share cache entries and different ones never do."""
     texts = resolve_probes(probes)
-    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS, "topk": TOPK_FRACTION}, ensure_ascii=False)
+    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS}, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 

@@ -194,7 +194,9 @@ class DeltaStats:
             agree = torch.count_nonzero(t > 0)
             signed = torch.count_nonzero(t)
             sure, inter = self._topk_chunk(rows[:2], mags[:, :m], lo, hi, undecided)
-            vals = torch.cat([dots, sums, torch.stack([agree, signed, inter]).to(dots.dtype), sure.to(dots.dtype)]).tolist()
+            # One transfer of every number this chunk produced (a single sync on a GPU).
+            counts = torch.cat([torch.stack([agree, signed, inter]), sure]).to(dots.dtype)
+            vals = torch.cat([dots, sums, counts]).tolist()
             ab, aa, bb, wab, waa, wbb, sa, sb, agree, signed, inter, sure_a, sure_b = vals
 
             self._merge_moments(m, sa, sb, aa, bb, ab)
