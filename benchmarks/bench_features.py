@@ -154,6 +154,8 @@ def bench_structural(workdir: Path, repeat: int) -> None:
 
 
 def bench_functional(workdir: Path) -> None:
+    import torch
+
     import feature_models as fm
     from features.functional import functional_features, generic_probes
 
@@ -165,10 +167,16 @@ def bench_functional(workdir: Path) -> None:
         a = fm.make_finetune(base, root / "a", seed=1, scale=0.3)
         b = fm.make_finetune(base, root / "b", seed=2, scale=0.3)
         functional_features(base, a, b, probes[:4], device="cpu")  # warm imports and caches
-        t0 = time.perf_counter()
-        functional_features(base, a, b, probes, device="cpu")
-        secs = time.perf_counter() - t0
-        print(f"functional, {label}: {secs:.2f} s per 100 probe texts (3 model loads included)")
+        default_threads = torch.get_num_threads()
+        # Intra-op threads help on idle cores and hurt on busy ones: both are reported.
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            t0, c0 = time.perf_counter(), time.process_time()
+            functional_features(base, a, b, probes, device="cpu")
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+            print(f"functional, {label}, {threads} thread(s): {secs:.2f} s wall ({cpu:.2f} s cpu) "
+                  f"per 100 probe texts, 3 model loads included")
+        torch.set_num_threads(default_threads)
 
 
 def main() -> None:

@@ -33,6 +33,18 @@ SWAPS = (("kl_base_a", "kl_base_b"),)
 ASYMMETRIC = ("kl_mean", "kl_median", "kl_p90")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on shared cores: a second intra-op thread only waits on the other
+    processes (measured 2-3x slower), so these tests run single-threaded."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("zoo")
