@@ -439,7 +439,7 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
         names = check_same_architecture(*cks)
         stats = DeltaStats(chunk=chunk, topk_sample=topk_sample, topk_margin=topk_margin)
         since_release = 0
-        for name in _progress(names, cks[0], progress):
+        for name in _progress(names, progress):
             try:
                 tensors = [ck.tensor(name, dev) for ck in cks]
             except CheckpointError as e:
@@ -459,7 +459,7 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
             ck.close()
 
 
-def _progress(names: list[str], base, enabled: bool) -> Iterable[str]:
+def _progress(names: list[str], enabled: bool) -> Iterable[str]:
     if not enabled:
         return names
     from tqdm import tqdm
