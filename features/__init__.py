@@ -20,8 +20,8 @@ Structural (from weights; streamed, float64 accumulators):
 | weight_cos | ⟨θ_A, θ_B⟩ / (‖θ_A‖‖θ_B‖) | [-1, 1] | symmetric |
 | delta_norm_logratio | tanh(log(‖δ_A‖ / ‖δ_B‖)) = (‖δ_A‖² − ‖δ_B‖²) / (‖δ_A‖² + ‖δ_B‖²) | [-1, 1] | flips |
 | sign_agreement | #{δ_A·δ_B > 0} / #{δ_A ≠ 0 and δ_B ≠ 0}: among entries both models changed, the share changed in the same direction | [0, 1] | symmetric |
-| topk_overlap | per tensor, Jaccard |M_A ∩ M_B| / |M_A ∪ M_B| of the masks M = {|δ| ≥ k-th largest |δ|, δ ≠ 0}, k = ⌈0.2·n⌉ (ties at the threshold included, |δ| in float32); averaged weighted by tensor size over tensors either model changed | [0, 1] | symmetric |
-| layer_cos_min / _mean / _max | cosine of δ_A, δ_B within each transformer block (names `layers.N.`, `h.N.`, `layer.N.`, `blocks.N.`), then min / mean / max over blocks | [-1, 1] | symmetric |
+| topk_overlap | per tensor, Jaccard #(M_A ∩ M_B) / #(M_A ∪ M_B) of the masks M = {|δ| ≥ k-th largest |δ|, δ ≠ 0}, k = ⌈0.2·n⌉ (ties at the threshold included); averaged weighted by tensor size over tensors either model changed | [0, 1] | symmetric |
+| layer_cos_min / _mean / _max | cosine of δ_A, δ_B within each transformer block (names `layers.N.`, `h.N.`, `layer.N.`, `blocks.N.`, `block.N.`), then min / mean / max over blocks | [-1, 1] | symmetric |
 | attn_cos_min / _mean / _max | the same within each block's attention tensors (`self_attn.`, `attention.`, `attn.`) | [-1, 1] | symmetric |
 | mlp_cos_min / _mean / _max | the same within each block's MLP tensors (`mlp.`, `feed_forward.`, `ffn.`) | [-1, 1] | symmetric |
 
@@ -42,7 +42,7 @@ counts; natural logarithms; models in float32 on the CPU, their stored dtype els
 | js_mean | mean Jensen–Shannon divergence of p_A, p_B, divided by ln 2 | [0, 1] | symmetric |
 | top1_agreement | share of positions where argmax p_A = argmax p_B | [0, 1] | symmetric |
 | entropy_gap | tanh(mean H(p_A) − mean H(p_B)) | (-1, 1) | flips |
-| hidden_cos_mean / _min | per block output l = 1..L, the mean over positions of cos(h_A, h_B); then mean / min over blocks | [-1, 1] | symmetric |
+| hidden_cos_mean / _min | per hidden state l = 1..L as transformers returns them (block outputs, the last one after the final norm), the mean over positions of cos(h_A, h_B); then mean / min over l | [-1, 1] | symmetric |
 | hidden_cos_last | the same for the last hidden state (after the final norm) | [-1, 1] | symmetric |
 | cka_last | linear CKA of the last hidden states (positions × hidden, centred over positions) | [0, 1] | symmetric |
 | kl_base_a / kl_base_b | 1 − exp(−mean KL(p_A ‖ p_base)) / the same for B | [0, 1) | swap |
@@ -57,7 +57,7 @@ import json
 
 from features.errors import FeatureError
 from features.functional import FUNCTIONAL_FEATURES, MAX_TOKENS, resolve_probes
-from features.structural import STRUCTURAL_FEATURES, TOPK_FRACTION
+from features.structural import STRUCTURAL_FEATURES
 
 FEATURE_SET = "simmerge-sim"
 # Bump whenever a definition above (or TOPK_FRACTION, MAX_TOKENS, the generic probes) changes:
@@ -80,7 +80,7 @@ def probe_hash(probes: list[str] | None) -> str:
     """A digest of the probe texts as they will be used (None: the built-in set), with the
     token cut, so that equal probe sets share cache entries and different ones never do."""
     texts = resolve_probes(probes)
-    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS, "topk": TOPK_FRACTION}, ensure_ascii=False)
+    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS}, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 

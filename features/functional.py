@@ -185,22 +185,34 @@ def _load_model(folder: str, device):
     return model.to(device).eval()
 
 
-def _run(model, batches, device, bar):
-    """Per batch: log-probabilities and hidden states (layers 1..L) at the real positions,
-    float32 on the CPU."""
+def _run(model, batches, device, bar, *, hidden_states: bool = True):
+    """Per batch: log-probabilities and hidden states (layers 1..L; None when not asked
+    for) at the real positions, float32 on the CPU."""
     import torch
 
     with torch.no_grad():
         for input_ids, mask in batches:
-            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                        output_hidden_states=hidden_states)
             keep = mask.to(device).bool()
             logp = torch.log_softmax(out.logits.float(), dim=-1)[keep].cpu()
             # hidden_states[0] is the embedding lookup, a weight fact the structural
             # features already cover; the blocks' outputs start at 1.
-            hidden = [h.float()[keep].cpu() for h in out.hidden_states[1:]]
+            hidden = [h.float()[keep].cpu() for h in out.hidden_states[1:]] if hidden_states else None
             if bar is not None:
                 bar.update(1)
             yield logp, hidden
+
+
+def _release(device) -> None:
+    """Give a dropped model's memory back before the next one loads."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def functional_features(base: str, a: str, b: str, probes: list[str] | None = None, *, device: str = "auto",
@@ -208,8 +220,6 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
                         progress: bool = False) -> dict[str, float]:
     """Functional features of the ordered pair (A, B) over `base` on the probe texts
     (None: the built-in generic set); see `features` for the list."""
-    import gc
-
     import torch
 
     from merging.device import resolve_device
@@ -246,16 +256,16 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
             logp_a.append(logp)
             hidden_a.append(hidden)
         del model
-        gc.collect()
+        _release(dev)
 
         model = _load_model(base, dev)
         logp_base, kl_base_a = [], []
-        for i, (logp, _) in enumerate(_run(model, batches, dev, bar)):
+        for i, (logp, _) in enumerate(_run(model, batches, dev, bar, hidden_states=False)):
             check(logp_a[i].shape, logp.shape, "vocabulary (A vs base)")
             logp_base.append(logp)
             kl_base_a.append(kl_rows(logp_a[i], logp))
         del model
-        gc.collect()
+        _release(dev)
 
         model = _load_model(b, dev)
         kl, js, agree, ent_a, ent_b, kl_base_b = [], [], [], [], [], []
@@ -277,7 +287,7 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
             # What this batch needed from A and the base is used up.
             logp_a[i] = logp_base[i] = hidden_a[i] = None
         del model
-        gc.collect()
+        _release(dev)
     finally:
         if bar is not None:
             bar.close()

@@ -33,6 +33,18 @@ SWAPS = (("kl_base_a", "kl_base_b"),)
 ASYMMETRIC = ("kl_mean", "kl_median", "kl_p90")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on shared cores: a second intra-op thread only waits on the other
+    processes (measured 2-3x slower), so these tests run single-threaded."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("zoo")
@@ -59,6 +71,24 @@ def _cos(x: np.ndarray, y: np.ndarray) -> float:
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
 
 
+def np_topk_mask(delta: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    mag = np.abs(delta)
+    k = math.ceil(fraction * mag.size)
+    threshold = np.partition(mag, mag.size - k)[mag.size - k]
+    return (mag >= threshold) & (mag > 0)
+
+
+def np_topk_overlap(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    num = den = 0.0
+    for da, db in pairs:
+        ma, mb = np_topk_mask(da), np_topk_mask(db)
+        union = np.sum(ma | mb)
+        if union:
+            num += da.size * np.sum(ma & mb) / union
+            den += da.size
+    return num / den if den else 1.0
+
+
 def numpy_structural(base: Path, a: Path, b: Path) -> dict[str, float]:
     """Every structural feature from whole flattened models, the way the docs define it."""
     t0, ta, tb = _arrays(base), _arrays(a), _arrays(b)
@@ -74,28 +104,19 @@ def numpy_structural(base: Path, a: Path, b: Path) -> dict[str, float]:
         "delta_norm_logratio": math.tanh(math.log(np.linalg.norm(da) / np.linalg.norm(db))),
         "sign_agreement": float(np.sum(da * db > 0) / np.sum((da != 0) & (db != 0))),
     }
-    num = den = 0.0
     blocks: dict[int, list] = {}
     groups: dict[tuple[int, str], list] = {}
+    tensor_deltas = []
     for n in names:
-        masks = []
-        for m in (ta, tb):
-            mag = np.abs(m[n].astype(np.float32).ravel() - t0[n].astype(np.float32).ravel())
-            k = math.ceil(0.2 * mag.size)
-            threshold = np.partition(mag, mag.size - k)[mag.size - k]
-            masks.append((mag >= threshold) & (mag > 0))
-        union = np.sum(masks[0] | masks[1])
-        if union:
-            num += mag.size * np.sum(masks[0] & masks[1]) / union
-            den += mag.size
+        pair = ((ta[n].astype(np.float64) - t0[n]).ravel(), (tb[n].astype(np.float64) - t0[n]).ravel())
+        tensor_deltas.append(pair)
         blk = re.search(r"layers\.(\d+)\.", n)
         if blk:
-            pair = ((ta[n].astype(np.float64) - t0[n]).ravel(), (tb[n].astype(np.float64) - t0[n]).ravel())
             blocks.setdefault(int(blk.group(1)), []).append(pair)
             grp = "attn" if "self_attn." in n else "mlp" if ".mlp." in n else None
             if grp:
                 groups.setdefault((int(blk.group(1)), grp), []).append(pair)
-    out["topk_overlap"] = num / den
+    out["topk_overlap"] = np_topk_overlap(tensor_deltas)
 
     def spread(parts) -> list[float]:
         cosines = [_cos(np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps])) for ps in parts]
@@ -172,9 +193,38 @@ def test_structural_matches_numpy_on_whole_models(zoo):
 
 def test_streaming_in_small_chunks_equals_whole_tensors(zoo):
     whole = structural_features(zoo["base"], zoo["a"], zoo["b"], device="cpu", chunk=1 << 24)
-    chunked = structural_features(zoo["base"], zoo["a"], zoo["b"], device="cpu", chunk=7)
+    # Tiny chunks, and a sample small enough that even these tensors get a bracketed threshold.
+    chunked = structural_features(zoo["base"], zoo["a"], zoo["b"], device="cpu", chunk=7, topk_sample=16)
     for name in STRUCTURAL_FEATURES:
         assert chunked[name] == pytest.approx(whole[name], abs=1e-12), name
+
+
+@pytest.mark.parametrize("sample, margin", [(64, 6.0), (64, 0.0), (16, 1.0)])
+def test_topk_threshold_bracketing_is_exact(sample, margin):
+    """Large tensors get their top-k threshold bracketed from a sample; whether the bracket
+    holds (margin 6) or misses (margin 0), the overlap is the exact one. Sparse deltas with
+    fewer non-zero entries than k, and ties, are included."""
+    import torch
+
+    from features.structural import DeltaStats
+
+    rng = np.random.default_rng(sample + int(margin))
+    pairs, stats = [], DeltaStats(chunk=300, topk_sample=sample, topk_margin=margin)
+    for i, (n, density_a, density_b) in enumerate([(5000, 1.0, 1.0), (4096, 0.1, 1.0), (3000, 0.05, 0.3),
+                                                   (2000, 1.0, 1.0), (6000, 0.5, 0.5)]):
+        base = rng.normal(size=n)
+        da = rng.normal(size=n) * (rng.random(n) < density_a)
+        db = 0.5 * da + rng.normal(size=n) * (rng.random(n) < density_b)
+        if i == 3:
+            da, db = np.round(da, 1), np.round(db, 1)  # many ties at every threshold
+        a, b = base + da, base + db
+        pairs.append((a - base, b - base))  # the deltas as float64 computes them
+        stats.add(f"t{i}", *(torch.from_numpy(x) for x in (base, a, b)))
+    assert stats.features()["topk_overlap"] == pytest.approx(np_topk_overlap(pairs), abs=1e-12)
+    if margin == 0.0:
+        assert stats.topk_second_passes > 0  # the fallback was exercised
+    if margin == 6.0:
+        assert stats.topk_second_passes < 5  # and the bracket normally holds
 
 
 def test_identical_models_are_fully_kin(zoo):
