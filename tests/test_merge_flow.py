@@ -169,3 +169,25 @@ def test_plugin_operator_becomes_an_arm(svc, tmp_path):
                  load_tensors(svc.store.model(p.model_b)["path"]))
     name = "model.norm.weight"
     assert torch.allclose(got[name], (a[name] + b[name]) / 2, atol=1e-6)
+
+
+def test_propose_with_cached_features_does_not_import_torch(svc):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    svc.propose_merge("t", ["a", "b"], seed=0)  # computes and caches both orders' features
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['bandit', 'propose', '--task', 't', '--models', 'a', 'b', '--db', %r, '--json']\n"
+        "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    ) % (str(svc.store.path), str(root / "cli.py"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
+    assert svc.store.count_events() == 2
