@@ -58,13 +58,51 @@ def _density_positive(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]])
 
 # -- building blocks -----------------------------------------------------------------------
 
+# Below this many entries a plain kthvalue is as fast as anything cleverer.
+_SELECT_DIRECT = 1 << 22
+_SELECT_SAMPLE = 1 << 16
+
+
+def kth_largest(flat, k: int):
+    """The k-th largest value of a 1-D tensor, exactly, without sorting it.
+
+    kthvalue on a large tensor is single-threaded and copies it. Instead, a fixed random
+    sample brackets the answer between two of its order statistics; one counting pass
+    finds how many entries lie above the bracket and the few inside it are selected
+    exactly. Should the bracket miss (it is ~8 standard deviations wide), the full
+    kthvalue is used, so the result is always exact."""
+    import torch
+
+    n = flat.numel()
+    if n <= _SELECT_DIRECT:
+        return flat.kthvalue(n - k + 1).values
+    m = _SELECT_SAMPLE
+    g = torch.Generator(device=flat.device).manual_seed(0x5EED)
+    sample = flat[torch.randint(n, (m,), generator=g, device=flat.device)]
+    q = k / n
+    rank = (1.0 - q) * m  # where the answer sits in the sample, ascending
+    margin = 4.0 * math.sqrt(m * q * (1.0 - q)) + 16
+    lo_rank = int(max(1, math.floor(rank - margin)))
+    hi_rank = int(min(m, math.ceil(rank + margin)))
+    lo = sample.kthvalue(lo_rank).values
+    hi = sample.kthvalue(hi_rank).values
+    # count_nonzero: summing a bool tensor takes a slow path in torch on CPU.
+    above = int(torch.count_nonzero(flat > hi))
+    need = k - above
+    if need >= 1:
+        band = flat[(flat >= lo) & (flat <= hi)]
+        if need <= band.numel():
+            return band.kthvalue(band.numel() - need + 1).values
+    return flat.kthvalue(n - k + 1).values
+
+
 def top_k_mask(magnitude, k: int):
     """Boolean mask of the k largest entries of `magnitude` (any shape).
 
-    Found with one kthvalue (linear-time selection), never a sort. Entries equal to the
-    threshold are taken in index order until k are kept, so the mask has exactly k entries
-    and the choice among equal magnitudes is deterministic (the same rule as a stable
-    descending sort)."""
+    Found by selection (kth_largest), never a sort. Entries equal to the threshold are
+    taken in index order until k are kept, so the mask has exactly k entries and the
+    choice among equal magnitudes is deterministic (the same rule as a stable descending
+    sort)."""
     import torch
 
     n = magnitude.numel()
@@ -73,9 +111,9 @@ def top_k_mask(magnitude, k: int):
     if k >= n:
         return torch.ones_like(magnitude, dtype=torch.bool)
     flat = magnitude.reshape(-1)
-    threshold = flat.kthvalue(n - k + 1).values
+    threshold = kth_largest(flat, k)
     mask = flat > threshold
-    missing = k - int(mask.sum())
+    missing = k - int(torch.count_nonzero(mask))
     if missing > 0:
         ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
         mask[ties] = True
@@ -160,22 +198,35 @@ def ties_combine(deltas, weights: Sequence[float], normalize: bool):
     has no vote."""
     import torch
 
+    # Each product rounded on its own before summing (no fused multiply-add): the elected
+    # sign of an entry whose weighted deltas cancel then does not depend on the CPU's
+    # vector instructions, and agrees with the plain formula.
     total = torch.zeros_like(deltas[0])
+    product = torch.empty_like(total)
     for d, w in zip(deltas, weights):
-        total.add_(d, alpha=w)
-    elected_positive = total >= 0
-    merged = torch.zeros_like(total)
-    divisor = torch.zeros_like(total) if normalize else None
+        torch.mul(d, w, out=product)
+        total.add_(product)
+    del product
+    sign = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    del total
+    # Work with contributions turned to the elected sign: a counted one is then > 0, and
+    # clamping at 0 drops the rest in one pass. Rounding is unchanged, since IEEE
+    # addition is symmetric under negation.
+    merged = torch.zeros_like(sign)
+    divisor = torch.zeros_like(sign) if normalize else None
     for d, w in zip(deltas, weights):
         if w == 0:
             continue
-        contribution = d * w
-        counted = torch.where(elected_positive, contribution > 0, contribution < 0)
-        merged.add_(contribution * counted)
+        aligned = d * sign
+        aligned.mul_(w).clamp_(min=0)
+        merged.add_(aligned)
         if divisor is not None:
-            divisor.add_(counted.to(total.dtype), alpha=w)
+            divisor.add_(aligned > 0, alpha=w)
+        del aligned
+    merged.mul_(sign)
     if divisor is not None:
-        merged = torch.where(divisor != 0, merged / torch.where(divisor != 0, divisor, 1.0), 0.0)
+        counted = divisor != 0
+        merged = torch.where(counted, merged / torch.where(counted, divisor, 1.0), 0.0)
     return merged
 
 

@@ -403,3 +403,11 @@ def test_plugin_by_entry_point(clean_registry, monkeypatch):
     assert "test_scaled_mean" in {s.name for s in registry.list_operators()}
     r = Recipe.from_arm("their_op", {"scale": 3.0}, ["a", "b"])
     assert r.resolve().params == {"scale": 3.0, "weight": [1.0, 1.0]}
+
+
+def test_ties_sign_election_rounds_each_product():
+    # 0.3 * 0.001953125 and 0.2 * 0.0029296875 cancel once each product is rounded to
+    # float32; a fused multiply-add would leave a tiny negative sum and elect the wrong sign.
+    deltas = [T(-0.0), T(-0.001953125), T(0.0029296875)]
+    got = ops.ties_combine(deltas, [0.5, 0.3, 0.2], normalize=True)
+    assert got.item() == pytest.approx(0.0029296875)

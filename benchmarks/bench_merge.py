@@ -1,0 +1,196 @@
+"""Merge speed and memory: the streaming engine against the I/O floor and, when installed,
+the `mergekit` toolkit on the same YAML recipe.
+
+    python benchmarks/bench_merge.py [--work DIR] [--sizes 220M,90M] [--mergekit PATH/TO/mergekit-yaml]
+
+For each model size it makes a bf16 Llama base and three fine-tunes (sharded), measures
+the I/O floor (reading every input once and writing the output once), then times
+`linear` and `ties` merges of the three on CPU, each in a fresh process so its peak RSS
+is its own. With mergekit it runs the same recipe through `mergekit-yaml`, prints our
+time and RSS as ratios to it, and compares the two outputs tensor by tensor.
+
+Not a test: it takes minutes and a few GB of disk. Figures depend on what else runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# name -> (hidden, intermediate, layers, heads); vocab 32000, untied embeddings.
+SIZES = {
+    "220M": (1024, 2816, 12, 16),
+    "90M": (768, 2048, 6, 12),
+    "20M": (256, 688, 4, 4),
+}
+WEIGHTS = [0.5, 0.3, 0.2]
+DENSITY = 0.5
+
+
+def make_family(folder: Path, size: str) -> dict[str, Path]:
+    import torch
+
+    from tests.tiny_models import make_llama, perturb
+
+    hidden, inter, layers, heads = SIZES[size]
+    base = folder / "base"
+    if not (base / "config.json").exists():
+        make_llama(base, seed=0, hidden=hidden, intermediate=inter, layers=layers, heads=heads,
+                   kv_heads=heads, vocab=32000, dtype=torch.bfloat16, shard_size="200MB")
+    models = {"base": base}
+    for i in (1, 2, 3):
+        ft = folder / f"ft{i}"
+        if not (ft / "config.json").exists():
+            shutil.rmtree(ft, ignore_errors=True)
+            perturb(base, ft, seed=i, scale=0.002)
+        models[f"ft{i}"] = ft
+    return models
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+
+
+def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    """Read every input's weight files once and write out_bytes once, in 64 MB blocks."""
+    block = bytearray(64 << 20)
+    view = memoryview(block)
+    started = time.perf_counter()
+    for folder in inputs:
+        for f in sorted(folder.glob("*.safetensors")):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(view):
+                    pass
+    with open(scratch, "wb", buffering=0) as fh:
+        left = out_bytes
+        while left > 0:
+            n = min(left, len(block))
+            fh.write(view[:n])
+            left -= n
+    seconds = time.perf_counter() - started
+    scratch.unlink()
+    return seconds
+
+
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Wall time (s) and peak RSS (MB) of one child process, and its stdout."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{err[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, out
+
+
+OUR_CHILD = """
+import sys, json
+sys.path.insert(0, {root!r})
+from merging.recipe import Recipe
+from merging.engine import run_merge
+recipe = Recipe.load({recipe!r})
+result = run_merge(recipe, {out!r}, device="cpu", progress=False)
+print(json.dumps(result.to_dict()))
+"""
+
+
+def recipe_yaml(op: str, models: dict[str, Path]) -> str:
+    from merging.recipe import Recipe
+
+    fts = [models["ft1"], models["ft2"], models["ft3"]]
+    if op == "linear":
+        recipe = Recipe.from_arm("linear", {"weight": WEIGHTS}, fts, dtype="float32", out_dtype="bfloat16")
+    else:
+        recipe = Recipe.from_arm("ties", {"weight": WEIGHTS, "density": DENSITY, "normalize": True},
+                                 fts, models["base"], dtype="float32", out_dtype="bfloat16")
+    return recipe.to_yaml()
+
+
+def compare(ours: Path, theirs: Path) -> str:
+    import torch
+
+    from tests.tiny_models import load_tensors
+
+    a, b = load_tensors(ours), load_tensors(theirs)
+    if set(a) != set(b):
+        return f"tensor names differ: {sorted(set(a) ^ set(b))[:3]}"
+    total = differ = 0
+    worst = 0.0
+    for name in a:
+        x, y = a[name].float(), b[name].float()
+        if x.shape != y.shape:
+            return f"{name}: shape {tuple(x.shape)} vs {tuple(y.shape)}"
+        total += x.numel()
+        neq = x != y
+        differ += int(neq.sum())
+        if neq.any():
+            # Difference in units of the bf16 spacing at that magnitude.
+            spacing = torch.clamp(y.abs(), min=1e-30) * 2.0 ** -7
+            worst = max(worst, float(((x - y).abs() / spacing)[neq].max()))
+    return f"{differ}/{total} entries differ ({differ / total:.2e}), worst {worst:.2f} bf16 ulp"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=None, help="Folder for the checkpoints (kept between runs).")
+    ap.add_argument("--sizes", default="220M,90M", help=f"Comma-separated, from {', '.join(SIZES)}.")
+    ap.add_argument("--ops", default="linear,ties")
+    ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/work/venv-mergekit/bin/mergekit-yaml",
+                    help="mergekit-yaml executable (skipped when missing).")
+    args = ap.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-merge-"))
+    work.mkdir(parents=True, exist_ok=True)
+    have_mergekit = Path(args.mergekit).exists()
+    if not have_mergekit:
+        print(f"mergekit-yaml not found at {args.mergekit}: measuring our side only")
+    rows = []
+    for size in args.sizes.split(","):
+        models = make_family(work / size, size)
+        from merging.checkpoint import Checkpoint
+
+        params = sum(t.numel for t in Checkpoint(models["base"]).tensors.values())
+        ft_bytes = folder_bytes(models["ft1"])
+        print(f"\n== {size}: ~{params / 1e6:.0f}M parameters, {ft_bytes / 1e6:.0f} MB per checkpoint (bf16, sharded)")
+        for op in args.ops.split(","):
+            inputs = [models["ft1"], models["ft2"], models["ft3"]] + ([models["base"]] if op != "linear" else [])
+            floor = min(io_floor(inputs, ft_bytes, work / "floor.bin") for _ in range(2))
+            recipe = work / size / f"{op}.yml"
+            recipe.write_text(recipe_yaml(op, models))
+            ours_out = work / size / f"ours-{op}"
+            shutil.rmtree(ours_out, ignore_errors=True)
+            child = OUR_CHILD.format(root=str(ROOT), recipe=str(recipe), out=str(ours_out))
+            t_ours, rss_ours, stdout = measure([sys.executable, "-c", child])
+            # The merge itself, without the interpreter and torch starting up.
+            t_merge = json.loads(stdout)["seconds"]
+            row = {"size": size, "op": op, "floor_s": floor, "ours_s": t_ours, "ours_merge_s": t_merge,
+                   "ours_rss_mb": rss_ours}
+            line = (f"{op:7s} I/O floor {floor:6.2f} s | ours {t_ours:6.2f} s wall, {t_merge:6.2f} s merging "
+                    f"({t_merge / floor:4.2f}x floor), peak RSS {rss_ours:6.0f} MB")
+            if have_mergekit:
+                theirs_out = work / size / f"mergekit-{op}"
+                shutil.rmtree(theirs_out, ignore_errors=True)
+                env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+                t_mk, rss_mk, _ = measure([args.mergekit, str(recipe), str(theirs_out)], env=env)
+                row.update(mergekit_s=t_mk, mergekit_rss_mb=rss_mk, match=compare(ours_out, theirs_out))
+                line += (f" | mergekit {t_mk:6.2f} s, {rss_mk:6.0f} MB | time ratio {t_ours / t_mk:4.2f}, "
+                         f"RSS ratio {rss_ours / rss_mk:4.2f}\n        outputs: {row['match']}")
+                shutil.rmtree(theirs_out, ignore_errors=True)
+            shutil.rmtree(ours_out, ignore_errors=True)
+            print(line, flush=True)
+            rows.append(row)
+    print("\n" + json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
