@@ -27,8 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # name -> (hidden, intermediate, layers, heads); vocab 32000, untied embeddings.
+# 117M has the same widest tensors (32000 x 1024) as 220M with a third of the layers: peak
+# memory should not change between the two, since the engine holds a few tensors at a time.
 SIZES = {
     "220M": (1024, 2816, 12, 16),
+    "117M": (1024, 2816, 4, 16),
     "90M": (768, 2048, 6, 12),
     "20M": (256, 688, 4, 4),
 }
@@ -81,8 +84,10 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     return seconds
 
 
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Wall time (s) and peak RSS (MB) of one child process, and its stdout."""
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, str]:
+    """Wall time (s), CPU time (s, user + system) and peak RSS (MB) of one child process,
+    and its stdout. CPU time is reported because the machine may be shared: wall time then
+    also counts waiting for a core."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -91,11 +96,12 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{err[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, out
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, out
 
 
 OUR_CHILD = """
 import sys, json
+import torch  # started before run_merge's clock: its seconds are the merge alone
 sys.path.insert(0, {root!r})
 from merging.recipe import Recipe
 from merging.engine import run_merge
@@ -141,13 +147,43 @@ def compare(ours: Path, theirs: Path) -> str:
     return f"{differ}/{total} entries differ ({differ / total:.2e}), worst {worst:.2f} bf16 ulp"
 
 
+def compare_ties_sort_order(models: dict[str, Path], theirs: Path) -> str:
+    """Our TIES formula with trimming done by a full descending argsort (the tie order a
+    sort-based implementation gets among equal magnitudes at the threshold), against
+    mergekit's output. Shows whether any difference left is only that tie order."""
+    import torch
+
+    from merging import operators as ops
+    from tests.tiny_models import load_tensors
+
+    base = load_tensors(models["base"])
+    fts = [load_tensors(models[f"ft{i}"]) for i in (1, 2, 3)]
+    out = load_tensors(theirs)
+    total = differ = 0
+    for name, b in base.items():
+        b = b.float()
+        deltas = []
+        for ft in fts:
+            d = ft[name].float() - b
+            k = int(DENSITY * d.numel())
+            keep = torch.zeros(d.numel(), dtype=torch.bool)
+            keep[torch.argsort(d.abs().reshape(-1), descending=True)[:k]] = True
+            deltas.append(d * keep.view(d.shape))
+        merged = (b + ops.ties_combine(deltas, WEIGHTS, True)).to(torch.bfloat16)
+        total += merged.numel()
+        differ += int(torch.count_nonzero(merged != out[name]))
+    return f"{differ}/{total} entries differ"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=None, help="Folder for the checkpoints (kept between runs).")
-    ap.add_argument("--sizes", default="220M,90M", help=f"Comma-separated, from {', '.join(SIZES)}.")
+    ap.add_argument("--sizes", default="220M,117M", help=f"Comma-separated, from {', '.join(SIZES)}.")
     ap.add_argument("--ops", default="linear,ties")
     ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/work/venv-mergekit/bin/mergekit-yaml",
                     help="mergekit-yaml executable (skipped when missing).")
+    ap.add_argument("--no-tie-order-check", dest="tie_order_check", action="store_false",
+                    help="Skip re-running TIES with a full sort's tie order (slow: sorts every tensor).")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -170,21 +206,26 @@ def main() -> None:
             ours_out = work / size / f"ours-{op}"
             shutil.rmtree(ours_out, ignore_errors=True)
             child = OUR_CHILD.format(root=str(ROOT), recipe=str(recipe), out=str(ours_out))
-            t_ours, rss_ours, stdout = measure([sys.executable, "-c", child])
+            t_ours, cpu_ours, rss_ours, stdout = measure([sys.executable, "-c", child])
             # The merge itself, without the interpreter and torch starting up.
             t_merge = json.loads(stdout)["seconds"]
-            row = {"size": size, "op": op, "floor_s": floor, "ours_s": t_ours, "ours_merge_s": t_merge,
-                   "ours_rss_mb": rss_ours}
-            line = (f"{op:7s} I/O floor {floor:6.2f} s | ours {t_ours:6.2f} s wall, {t_merge:6.2f} s merging "
-                    f"({t_merge / floor:4.2f}x floor), peak RSS {rss_ours:6.0f} MB")
+            row = {"size": size, "op": op, "floor_s": floor, "ours_s": t_ours, "ours_cpu_s": cpu_ours,
+                   "ours_merge_s": t_merge, "ours_rss_mb": rss_ours}
+            line = (f"{op:7s} I/O floor {floor:5.2f} s | ours {t_ours:6.2f} s wall ({cpu_ours:6.2f} s CPU), "
+                    f"{t_merge:6.2f} s in run_merge = {t_merge / floor:5.2f}x floor, peak RSS {rss_ours:5.0f} MB")
             if have_mergekit:
                 theirs_out = work / size / f"mergekit-{op}"
                 shutil.rmtree(theirs_out, ignore_errors=True)
                 env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-                t_mk, rss_mk, _ = measure([args.mergekit, str(recipe), str(theirs_out)], env=env)
-                row.update(mergekit_s=t_mk, mergekit_rss_mb=rss_mk, match=compare(ours_out, theirs_out))
-                line += (f" | mergekit {t_mk:6.2f} s, {rss_mk:6.0f} MB | time ratio {t_ours / t_mk:4.2f}, "
-                         f"RSS ratio {rss_ours / rss_mk:4.2f}\n        outputs: {row['match']}")
+                t_mk, cpu_mk, rss_mk, _ = measure([args.mergekit, str(recipe), str(theirs_out)], env=env)
+                row.update(mergekit_s=t_mk, mergekit_cpu_s=cpu_mk, mergekit_rss_mb=rss_mk,
+                           match=compare(ours_out, theirs_out))
+                line += (f"\n        mergekit {t_mk:6.2f} s wall ({cpu_mk:6.2f} s CPU), peak RSS {rss_mk:5.0f} MB"
+                         f" | ratios ours/mergekit: wall {t_ours / t_mk:4.2f}, CPU {cpu_ours / cpu_mk:4.2f}, "
+                         f"RSS {rss_ours / rss_mk:4.2f}\n        outputs: {row['match']}")
+                if op == "ties" and args.tie_order_check:
+                    row["match_with_sort_tie_order"] = compare_ties_sort_order(models, theirs_out)
+                    line += f"\n        with a full sort's tie order at the trim threshold: {row['match_with_sort_tie_order']}"
                 shutil.rmtree(theirs_out, ignore_errors=True)
             shutil.rmtree(ours_out, ignore_errors=True)
             print(line, flush=True)

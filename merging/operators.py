@@ -59,7 +59,7 @@ def _density_positive(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]])
 # -- building blocks -----------------------------------------------------------------------
 
 # Below this many entries a plain kthvalue is as fast as anything cleverer.
-_SELECT_DIRECT = 1 << 22
+_SELECT_DIRECT = 1 << 18
 _SELECT_SAMPLE = 1 << 16
 
 
@@ -195,39 +195,66 @@ def ties_combine(deltas, weights: Sequence[float], normalize: bool):
     i's entry counts where w_i delta_i is non-zero with the elected sign; the result is the
     sum of counted w_i delta_i, divided by the sum of counted w_i when normalize (0 where
     nothing counts). The sign of the weighted delta is used so that a model with weight 0
-    has no vote."""
+    has no vote.
+
+    The deltas are overwritten: they are the caller's temporaries, and working in place
+    keeps peak memory near one tensor per model."""
+    import torch
+
+    merged = torch.empty_like(deltas[0])
+    flat_out = merged.view(-1)
+    flats = [d.reshape(-1) for d in deltas]
+    # Elementwise from here on: done in slices so temporaries stay small whatever the
+    # tensor's size.
+    for start in range(0, flat_out.numel(), _CHUNK):
+        stop = start + _CHUNK
+        _ties_slice([f[start:stop] for f in flats], weights, normalize, flat_out[start:stop])
+    return merged
+
+
+_CHUNK = 1 << 21
+
+
+def _ties_slice(deltas, weights, normalize, out) -> None:
     import torch
 
     # Each product rounded on its own before summing (no fused multiply-add): the elected
     # sign of an entry whose weighted deltas cancel then does not depend on the CPU's
     # vector instructions, and agrees with the plain formula.
-    total = torch.zeros_like(deltas[0])
+    total = deltas[0] * weights[0]
     product = torch.empty_like(total)
-    for d, w in zip(deltas, weights):
+    for d, w in zip(deltas[1:], weights[1:]):
         torch.mul(d, w, out=product)
         total.add_(product)
-    del product
     sign = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
-    del total
-    # Work with contributions turned to the elected sign: a counted one is then > 0, and
-    # clamping at 0 drops the rest in one pass. Rounding is unchanged, since IEEE
-    # addition is symmetric under negation.
-    merged = torch.zeros_like(sign)
-    divisor = torch.zeros_like(sign) if normalize else None
+    # Contributions turned to the elected sign: a counted one is then > 0, and clamping at
+    # 0 drops the rest. Rounding is unchanged, since IEEE arithmetic is symmetric under
+    # negation.
+    out.zero_()
+    divisor = total.zero_() if normalize else None
     for d, w in zip(deltas, weights):
         if w == 0:
             continue
-        aligned = d * sign
-        aligned.mul_(w).clamp_(min=0)
-        merged.add_(aligned)
+        d.mul_(sign).mul_(w).clamp_(min=0)
+        out.add_(d)
         if divisor is not None:
-            divisor.add_(aligned > 0, alpha=w)
-        del aligned
-    merged.mul_(sign)
+            divisor.add_(d > 0, alpha=w)
+    out.mul_(sign)
     if divisor is not None:
-        counted = divisor != 0
-        merged = torch.where(counted, merged / torch.where(counted, divisor, 1.0), 0.0)
-    return merged
+        nothing = divisor == 0
+        out.div_(divisor.masked_fill_(nothing, 1.0)).masked_fill_(nothing, 0.0)
+
+
+def trimmed_deltas(base, tensors, densities: Sequence[float]) -> list:
+    """tau_i trimmed to the top int(density_i * numel) magnitudes, as fresh tensors."""
+    out = []
+    for t, density in zip(tensors, densities):
+        delta = t - base
+        k = int(density * delta.numel())
+        if k < delta.numel():
+            delta.mul_(top_k_mask(delta.abs(), k))
+        out.append(delta)
+    return out
 
 
 def weighted_delta_sum(deltas, weights: Sequence[float], normalize: bool):
@@ -243,7 +270,10 @@ def weighted_delta_sum(deltas, weights: Sequence[float], normalize: bool):
 
 
 def _apply(base, merged_delta, lam: float):
-    return base + lam * merged_delta if lam != 1.0 else base + merged_delta
+    """base + lam * merged_delta, in place on the (operator-owned) merged delta."""
+    if lam != 1.0:
+        merged_delta.mul_(lam)
+    return merged_delta.add_(base)
 
 
 def _column(params: Mapping[str, Any], name: str) -> list:
@@ -278,7 +308,7 @@ def task_arithmetic_merge(base, tensors, params):
 @merge_operator("ties", [_weight(), _density(), _lambda(), _normalize(True)], min_models=1,
                 description="TIES: trim deltas to top density by magnitude, elect signs, disjoint mean")
 def ties_merge(base, tensors, params):
-    deltas = [trim_magnitude(t - base, d) for t, d in zip(tensors, params["density"])]
+    deltas = trimmed_deltas(base, tensors, params["density"])
     return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
                   params["lambda"])
 
