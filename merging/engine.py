@@ -291,6 +291,9 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                         got = tuple(merged.shape) if isinstance(merged, torch.Tensor) else type(merged).__name__
                         raise MergeError(f"operator {spec.name} returned {got} for tensor {job.name!r}, expected {job.shape}")
                     result = merged.to(dtype=out_dtypes[job.st_dtype]).cpu()
+                    # Drop this tensor's inputs now, not when the names are next rebound:
+                    # the wait for the next tensor would otherwise hold both.
+                    del base, models, merged
                 else:
                     result = tensors[0]
                 del tensors

@@ -288,8 +288,10 @@ def linear_merge(base, tensors, params):
     import torch
 
     weights = _column(params, "weight")
-    out = torch.zeros_like(tensors[0])
-    for t, w in zip(tensors, weights):
+    # Started from the first product rather than from zeros: one pass fewer over memory,
+    # and the same rounding (0 + w*t is w*t).
+    out = torch.mul(tensors[0], weights[0])
+    for t, w in zip(tensors[1:], weights[1:]):
         out.add_(t, alpha=w)
     if params["normalize"]:
         out /= sum(weights)
