@@ -1,0 +1,24 @@
+"""Merge operators (pure tensor math) and the streaming merge engine (I/O, device).
+
+Public API (nothing is imported here, so `import merging` stays free of torch):
+
+    from merging.recipe import Recipe
+    from merging.engine import run_merge
+
+    recipe = Recipe.from_arm("ties", {"weight": [0.7, 0.3], "density": 0.5},
+                             models=["ckpt/a", "ckpt/b"], base="ckpt/base", seed=0)
+    result = run_merge(recipe, "out/merged", device="auto")   # MergeResult
+
+- merging.registry: list_operators(), get_operator(name) -> OperatorSpec,
+  validate_params(operator, params, n_models), merge_operator(...) / Param to declare a
+  plugin operator, load_plugin("module:function"); entry-point group simmerge.operators.
+  Importable without torch.
+- merging.recipe: Recipe (from_arm, from_dict/to_dict, to_json, from_yaml/to_yaml,
+  load(path), resolve(), validate()), parse_param_args. Importable without torch.
+- merging.engine: run_merge(recipe, out_dir, ...), plan_merge(recipe) (all checks, no
+  tensor read).
+- merging.operators: the built-in operators and their building blocks.
+- merging.checkpoint, merging.device, merging.writer: reading folders, choosing the
+  device, writing shards.
+Every error a user can cause is a merging.errors.MergeError with a one-line message.
+"""

@@ -28,6 +28,20 @@ DTYPE_BYTES = {
 }
 
 
+# safetensors dtype -> torch dtype attribute name
+_TORCH_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+    "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+
+def _torch_dtype(st_dtype: str):
+    import torch
+
+    return getattr(torch, _TORCH_DTYPES[st_dtype])
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -117,7 +131,7 @@ class Checkpoint:
             for name, file in self._index_map.items():
                 if name not in self.tensors:
                     raise CheckpointError(f"{self.path}: index names {name!r} in {file}, which does not hold it")
-        self._open: dict[str, object] = {}
+        self._open: dict[str, tuple[int, int]] = {}  # file -> (descriptor, data start)
         self._fingerprint: str | None = None
 
     def _find_files(self) -> list[str]:
@@ -184,27 +198,61 @@ class Checkpoint:
 
     # -- tensors (torch) ------------------------------------------------------------------
     def tensor(self, name: str, device: str = "cpu"):
-        """Load one tensor, lazily, from the file that holds it."""
-        from safetensors import safe_open
+        """Load one tensor from the file that holds it.
+
+        Read with plain positioned reads into a fresh buffer rather than through a memory
+        map: pages of a mapped file count towards the process's resident memory for as long
+        as the map lives, so streaming a whole model through maps makes RSS grow with the
+        model. The offsets come from the header checked when the folder was opened."""
+        import torch
 
         info = self.tensors.get(name)
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor {name!r}")
-        handle = self._open.get(info.file)
-        if handle is None:
-            try:
-                handle = safe_open(str(self.path / info.file), framework="pt", device="cpu")
-            except Exception as e:  # safetensors raises its own error types
-                raise CheckpointError(f"{self.path / info.file}: cannot open ({e})") from None
-            self._open[info.file] = handle
+        fd, data_start = self._file_handle(info.file)
+        nbytes = info.numel * DTYPE_BYTES[info.dtype]
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buffer.numpy())
+        done = 0
         try:
-            t = handle.get_tensor(name)
-        except Exception as e:
-            raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e})") from None
+            while done < nbytes:
+                # Linux reads at most ~2 GB per call; loop over chunks.
+                n = os.preadv(fd, [view[done:done + (1 << 30)]], data_start + info.offset + done)
+                if n <= 0:
+                    raise CheckpointError(f"{self.path / info.file}: truncated while reading tensor {name!r}")
+                done += n
+        except OSError as e:
+            raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e.strerror or e})") from None
+        t = buffer.view(_torch_dtype(info.dtype)).reshape(info.shape)
         return t if str(device) == "cpu" else t.to(device, non_blocking=True)
 
+    def _file_handle(self, file: str) -> tuple[int, int]:
+        handle = self._open.get(file)
+        if handle is None:
+            path = self.path / file
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise CheckpointError(f"{path}: cannot open ({e.strerror or e})") from None
+            head = os.pread(fd, 8, 0)
+            if len(head) < 8:
+                os.close(fd)
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            handle = (fd, 8 + struct.unpack("<Q", head)[0])
+            self._open[file] = handle
+        return handle
+
     def close(self) -> None:
-        self._open.clear()
+        handles = getattr(self, "_open", None) or {}  # absent when __init__ failed
+        for fd, _ in handles.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        handles.clear()
+
+    def __del__(self):
+        self.close()
 
     def __enter__(self):
         return self

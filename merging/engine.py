@@ -27,6 +27,10 @@ from merging.registry import OperatorParams, load_plugin
 from merging.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
 
 DEFAULT_SHARD_SIZE = "5GB"
+# The next tensor is read while the current one merges only when its inputs (in the
+# working dtype) fit in this; the few huge ones (embeddings, lm_head) are read in turn,
+# so peak memory is set by one of them, not two.
+READ_AHEAD_BYTES = 256 * 1024 * 1024
 RECIPE_JSON = "merge_recipe.json"
 RECIPE_YAML = "merge_recipe.yaml"
 LM_HEAD = "lm_head.weight"
@@ -256,6 +260,12 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                 break  # copied from the first input only
         return tensors
 
+    def input_bytes(job: TensorJob) -> int:
+        numel = 1
+        for s in job.shape:
+            numel *= s
+        return numel * len(plan.inputs) * compute.itemsize
+
     out_dtypes = {st: getattr(torch, name) for st, name in FLOAT_ST.items()}
     if progress is None:
         progress = sys.stderr.isatty()
@@ -267,8 +277,9 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
         ahead = reader.submit(load, jobs[0])
         try:
             for i, job in enumerate(jobs):
-                tensors = ahead.result()
-                if i + 1 < len(jobs):
+                tensors = ahead.result() if ahead is not None else load(job)
+                ahead = None
+                if i + 1 < len(jobs) and input_bytes(jobs[i + 1]) <= READ_AHEAD_BYTES:
                     ahead = reader.submit(load, jobs[i + 1])
                 if job.floating:
                     if plan.uses_base:
@@ -280,6 +291,9 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                         got = tuple(merged.shape) if isinstance(merged, torch.Tensor) else type(merged).__name__
                         raise MergeError(f"operator {spec.name} returned {got} for tensor {job.name!r}, expected {job.shape}")
                     result = merged.to(dtype=out_dtypes[job.st_dtype]).cpu()
+                    # Drop this tensor's inputs now, not when the names are next rebound:
+                    # the wait for the next tensor would otherwise hold both.
+                    del base, models, merged
                 else:
                     result = tensors[0]
                 del tensors
@@ -293,7 +307,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             while pending:
                 pending.popleft().result()
         finally:
-            ahead.cancel()
+            if ahead is not None:
+                ahead.cancel()
             for f in pending:
                 f.cancel()
             bar.close()

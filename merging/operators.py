@@ -58,13 +58,51 @@ def _density_positive(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]])
 
 # -- building blocks -----------------------------------------------------------------------
 
+# Below this many entries a plain kthvalue is as fast as anything cleverer.
+_SELECT_DIRECT = 1 << 18
+_SELECT_SAMPLE = 1 << 16
+
+
+def kth_largest(flat, k: int):
+    """The k-th largest value of a 1-D tensor, exactly, without sorting it.
+
+    kthvalue on a large tensor is single-threaded and copies it. Instead, a fixed random
+    sample brackets the answer between two of its order statistics; one counting pass
+    finds how many entries lie above the bracket and the few inside it are selected
+    exactly. Should the bracket miss (it is ~8 standard deviations wide), the full
+    kthvalue is used, so the result is always exact."""
+    import torch
+
+    n = flat.numel()
+    if n <= _SELECT_DIRECT:
+        return flat.kthvalue(n - k + 1).values
+    m = _SELECT_SAMPLE
+    g = torch.Generator(device=flat.device).manual_seed(0x5EED)
+    sample = flat[torch.randint(n, (m,), generator=g, device=flat.device)]
+    q = k / n
+    rank = (1.0 - q) * m  # where the answer sits in the sample, ascending
+    margin = 4.0 * math.sqrt(m * q * (1.0 - q)) + 16
+    lo_rank = int(max(1, math.floor(rank - margin)))
+    hi_rank = int(min(m, math.ceil(rank + margin)))
+    lo = sample.kthvalue(lo_rank).values
+    hi = sample.kthvalue(hi_rank).values
+    # count_nonzero: summing a bool tensor takes a slow path in torch on CPU.
+    above = int(torch.count_nonzero(flat > hi))
+    need = k - above
+    if need >= 1:
+        band = flat[(flat >= lo) & (flat <= hi)]
+        if need <= band.numel():
+            return band.kthvalue(band.numel() - need + 1).values
+    return flat.kthvalue(n - k + 1).values
+
+
 def top_k_mask(magnitude, k: int):
     """Boolean mask of the k largest entries of `magnitude` (any shape).
 
-    Found with one kthvalue (linear-time selection), never a sort. Entries equal to the
-    threshold are taken in index order until k are kept, so the mask has exactly k entries
-    and the choice among equal magnitudes is deterministic (the same rule as a stable
-    descending sort)."""
+    Found by selection (kth_largest), never a sort. Entries equal to the threshold are
+    taken in index order until k are kept, so the mask has exactly k entries and the
+    choice among equal magnitudes is deterministic (the same rule as a stable descending
+    sort)."""
     import torch
 
     n = magnitude.numel()
@@ -73,9 +111,9 @@ def top_k_mask(magnitude, k: int):
     if k >= n:
         return torch.ones_like(magnitude, dtype=torch.bool)
     flat = magnitude.reshape(-1)
-    threshold = flat.kthvalue(n - k + 1).values
+    threshold = kth_largest(flat, k)
     mask = flat > threshold
-    missing = k - int(mask.sum())
+    missing = k - int(torch.count_nonzero(mask))
     if missing > 0:
         ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
         mask[ties] = True
@@ -157,26 +195,66 @@ def ties_combine(deltas, weights: Sequence[float], normalize: bool):
     i's entry counts where w_i delta_i is non-zero with the elected sign; the result is the
     sum of counted w_i delta_i, divided by the sum of counted w_i when normalize (0 where
     nothing counts). The sign of the weighted delta is used so that a model with weight 0
-    has no vote."""
+    has no vote.
+
+    The deltas are overwritten: they are the caller's temporaries, and working in place
+    keeps peak memory near one tensor per model."""
     import torch
 
-    total = torch.zeros_like(deltas[0])
-    for d, w in zip(deltas, weights):
-        total.add_(d, alpha=w)
-    elected_positive = total >= 0
-    merged = torch.zeros_like(total)
-    divisor = torch.zeros_like(total) if normalize else None
+    merged = torch.empty_like(deltas[0])
+    flat_out = merged.view(-1)
+    flats = [d.reshape(-1) for d in deltas]
+    # Elementwise from here on: done in slices so temporaries stay small whatever the
+    # tensor's size.
+    for start in range(0, flat_out.numel(), _CHUNK):
+        stop = start + _CHUNK
+        _ties_slice([f[start:stop] for f in flats], weights, normalize, flat_out[start:stop])
+    return merged
+
+
+_CHUNK = 1 << 21
+
+
+def _ties_slice(deltas, weights, normalize, out) -> None:
+    import torch
+
+    # Each product rounded on its own before summing (no fused multiply-add): the elected
+    # sign of an entry whose weighted deltas cancel then does not depend on the CPU's
+    # vector instructions, and agrees with the plain formula.
+    total = deltas[0] * weights[0]
+    product = torch.empty_like(total)
+    for d, w in zip(deltas[1:], weights[1:]):
+        torch.mul(d, w, out=product)
+        total.add_(product)
+    sign = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    # Contributions turned to the elected sign: a counted one is then > 0, and clamping at
+    # 0 drops the rest. Rounding is unchanged, since IEEE arithmetic is symmetric under
+    # negation.
+    out.zero_()
+    divisor = total.zero_() if normalize else None
     for d, w in zip(deltas, weights):
         if w == 0:
             continue
-        contribution = d * w
-        counted = torch.where(elected_positive, contribution > 0, contribution < 0)
-        merged.add_(contribution * counted)
+        d.mul_(sign).mul_(w).clamp_(min=0)
+        out.add_(d)
         if divisor is not None:
-            divisor.add_(counted.to(total.dtype), alpha=w)
+            divisor.add_(d > 0, alpha=w)
+    out.mul_(sign)
     if divisor is not None:
-        merged = torch.where(divisor != 0, merged / torch.where(divisor != 0, divisor, 1.0), 0.0)
-    return merged
+        nothing = divisor == 0
+        out.div_(divisor.masked_fill_(nothing, 1.0)).masked_fill_(nothing, 0.0)
+
+
+def trimmed_deltas(base, tensors, densities: Sequence[float]) -> list:
+    """tau_i trimmed to the top int(density_i * numel) magnitudes, as fresh tensors."""
+    out = []
+    for t, density in zip(tensors, densities):
+        delta = t - base
+        k = int(density * delta.numel())
+        if k < delta.numel():
+            delta.mul_(top_k_mask(delta.abs(), k))
+        out.append(delta)
+    return out
 
 
 def weighted_delta_sum(deltas, weights: Sequence[float], normalize: bool):
@@ -192,7 +270,10 @@ def weighted_delta_sum(deltas, weights: Sequence[float], normalize: bool):
 
 
 def _apply(base, merged_delta, lam: float):
-    return base + lam * merged_delta if lam != 1.0 else base + merged_delta
+    """base + lam * merged_delta, in place on the (operator-owned) merged delta."""
+    if lam != 1.0:
+        merged_delta.mul_(lam)
+    return merged_delta.add_(base)
 
 
 def _column(params: Mapping[str, Any], name: str) -> list:
@@ -207,8 +288,10 @@ def linear_merge(base, tensors, params):
     import torch
 
     weights = _column(params, "weight")
-    out = torch.zeros_like(tensors[0])
-    for t, w in zip(tensors, weights):
+    # Started from the first product rather than from zeros: one pass fewer over memory,
+    # and the same rounding (0 + w*t is w*t).
+    out = torch.mul(tensors[0], weights[0])
+    for t, w in zip(tensors[1:], weights[1:]):
         out.add_(t, alpha=w)
     if params["normalize"]:
         out /= sum(weights)
@@ -227,7 +310,7 @@ def task_arithmetic_merge(base, tensors, params):
 @merge_operator("ties", [_weight(), _density(), _lambda(), _normalize(True)], min_models=1,
                 description="TIES: trim deltas to top density by magnitude, elect signs, disjoint mean")
 def ties_merge(base, tensors, params):
-    deltas = [trim_magnitude(t - base, d) for t, d in zip(tensors, params["density"])]
+    deltas = trimmed_deltas(base, tensors, params["density"])
     return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
                   params["lambda"])
 
