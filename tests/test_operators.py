@@ -351,8 +351,10 @@ def test_recipe_reads_the_merge_yaml_layout():
 def test_recipe_slerp_with_base_among_models():
     r = Recipe.from_yaml("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters: {t: 0.3}\n")
     assert r.resolve().models == ["b"]
-    with pytest.raises(MergeError, match="exactly 1 model"):
-        Recipe.from_arm("slerp", {}, ["b", "c"], base="a")
+    # an arm applied to a pair: the two models fill slerp, the base is not an endpoint
+    pair = Recipe.from_arm("slerp", {}, ["b", "c"], base="a")
+    assert pair.base is None and pair.resolve().models == ["b", "c"]
+    assert Recipe.from_arm("slerp", {}, ["b"], base="a").resolve().models == ["b"]
     with pytest.raises(MergeError, match="exactly 2 model"):
         Recipe.from_arm("slerp", {}, ["b", "c", "d"])
 
