@@ -5,7 +5,6 @@ Runs without numpy so that `bandit reward` starts fast (see `bandit.ridge`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from bandit import ridge
 from bandit.errors import BanditError
@@ -14,14 +13,24 @@ RIDGE = "ridge"  # the posteriors' reward model shared by linucb, lints and egre
 DEFAULT_LAMBDA = 1.0
 
 
-@dataclass
 class RewardOutcome:
-    event_id: int
-    arm: str
-    value: float
-    duplicate: bool  # the same value was recorded before; nothing changed
-    pulls: int  # rewards the arm's posterior has learned from
-    context: dict[str, float]  # the chosen action's context, as learned from
+    """What recording a reward did. (A plain class: dataclasses is slow to import, and this
+    module is on the path of `bandit reward`, which must start fast.)"""
+
+    __slots__ = ("event_id", "arm", "value", "duplicate", "pulls", "context")
+
+    def __init__(self, event_id: int, arm: str, value: float, duplicate: bool, pulls: int,
+                 context: dict[str, float]):
+        self.event_id = event_id
+        self.arm = arm
+        self.value = value
+        self.duplicate = duplicate  # the same value was recorded before; nothing changed
+        self.pulls = pulls  # rewards the arm's posterior has learned from
+        self.context = context  # the chosen action's context, as learned from
+
+    def __repr__(self) -> str:
+        return (f"RewardOutcome(event_id={self.event_id}, arm={self.arm!r}, value={self.value}, "
+                f"duplicate={self.duplicate}, pulls={self.pulls})")
 
 
 def parse_event_id(text: str | int) -> int:

@@ -13,8 +13,11 @@ import os
 import sqlite3
 import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: `bandit reward` should not pay for importing typing
+    from typing import Any
 
 from store.errors import StoreError
 from store.schema import LATEST, migrate
@@ -30,13 +33,15 @@ class Store:
     """One SQLite database: catalog (arms, tasks, models), events, rewards, posteriors, caches."""
 
     def __init__(self, path: str | os.PathLike = "bandit.db"):
-        self.path = Path(path)
-        if self.path.is_dir():
+        # a plain string path: pathlib is slow to import for a command that must start fast
+        self.path = os.fspath(path)
+        if os.path.isdir(self.path):
             raise StoreError(f"{self.path}: is a folder, not a database file")
-        if not self.path.parent.exists():
-            raise StoreError(f"{self.path}: folder {self.path.parent} does not exist")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise StoreError(f"{self.path}: folder {folder} does not exist")
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             self.conn.row_factory = _row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
