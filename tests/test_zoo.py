@@ -220,3 +220,25 @@ def test_cli_zoo_build_reuses_a_built_zoo(reduced_zoo):
     out = json.loads(result.output)
     assert out["root"] == str(built.root) and out["accuracy"] == built.manifest["accuracy"]
     assert len(out["reused"]) == 1 + len(built.tasks)
+
+    text = CliRunner().invoke(main, ["zoo", "build", "--dir", str(built.root), "--size", "reduced"])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].startswith(f"zoo (reduced, {built.manifest['parameters']:,} parameters per model)")
+    assert "reused: base, expert-" in lines[1]
+    row = next(line for line in lines if line.startswith("base "))
+    assert row.split()[1:] == [f"{built.accuracy('base')[t]:.3f}" for t in built.tasks]
+
+
+def test_unknown_size_recipe_and_missing_zoo_are_user_errors(tmp_path):
+    from zoo.build import recipe_for, reduced_recipe
+    from zoo.manifest import load_zoo
+
+    with pytest.raises(ZooError, match="unknown zoo size 'huge'"):
+        recipe_for("huge")
+    with pytest.raises(ZooError, match="unknown task"):
+        reduced_recipe(tasks=("upper", "nope"))
+    with pytest.raises(ZooError, match="at least two tasks"):
+        reduced_recipe(tasks=("upper",))
+    with pytest.raises(ZooError, match="no zoo at"):
+        load_zoo(tmp_path)
