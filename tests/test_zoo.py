@@ -160,7 +160,7 @@ def test_teacher_forced_scoring_equals_generate(reduced_zoo):
     folder = built.expert(own)
     model, tok = load_model(folder), load_tokenizer(folder)
     # An expert on its own task gets most right, on another task most wrong: both outcomes.
-    examples = eval_set(own, 12) + eval_set(other, 12)
+    examples = eval_set(own, 8) + eval_set(other, 8)
     forced = teacher_forced_correct(model, tok, examples, batch_size=7)
     generated = generated_answers(model, tok, [e.prompt for e in examples])
     assert forced == [g == e.answer for g, e in zip(generated, examples)]
@@ -242,3 +242,16 @@ def test_unknown_size_recipe_and_missing_zoo_are_user_errors(tmp_path):
         reduced_recipe(tasks=("upper",))
     with pytest.raises(ZooError, match="no zoo at"):
         load_zoo(tmp_path)
+
+
+def test_a_second_build_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    from zoo.build import build_zoo, reduced_recipe
+
+    (tmp_path / ".building-base-1").mkdir()  # as an interrupted build leaves it
+    with open(tmp_path / ".build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ZooError, match="another zoo build is running"):
+            build_zoo(tmp_path, recipe=reduced_recipe(), progress=False)
+        assert (tmp_path / ".building-base-1").is_dir()  # not touched while another build runs
