@@ -122,7 +122,9 @@ def zoo_build(directory, size, as_json) -> None:
         return
     m = built.manifest
     click.echo(f"zoo ({m['size']}, {m['parameters']:,} parameters per model) at {built.root}")
-    click.echo(f"built in {m['build_seconds']['total']:.1f} s; reused: {', '.join(m['reused']) or 'nothing'}")
+    secs = m["build_seconds"]
+    click.echo(f"build time {secs['total']:.1f} s (this run {secs['this_run']:.1f} s); "
+               f"reused: {', '.join(m['reused']) or 'nothing'}")
     click.echo(_accuracy_table(m["accuracy"], built.tasks))
 
 

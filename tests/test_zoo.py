@@ -178,6 +178,9 @@ def test_rebuild_reuses_and_retrains_only_what_is_missing(reduced_zoo, tmp_path)
     again = build_zoo(root, recipe=reduced_recipe(), progress=False)
     assert set(again.manifest["reused"]) == {"base"} | {f"expert-{t}" for t in built.tasks}
     assert again.manifest["accuracy"] == built.manifest["accuracy"]
+    # A full reuse still reports what the zoo cost to build, not the seconds of the reuse.
+    assert again.manifest["build_seconds"]["total"] == built.manifest["build_seconds"]["total"]
+    assert again.manifest["build_seconds"]["this_run"] < built.manifest["build_seconds"]["total"]
 
     task = built.tasks[0]
     weights = (built.expert(task) / "model.safetensors").read_bytes()
@@ -226,6 +229,7 @@ def test_cli_zoo_build_reuses_a_built_zoo(reduced_zoo):
     lines = text.output.splitlines()
     assert lines[0].startswith(f"zoo (reduced, {built.manifest['parameters']:,} parameters per model)")
     assert "reused: base, expert-" in lines[1]
+    assert lines[1].startswith(f"build time {built.manifest['build_seconds']['total']:.1f} s")
     row = next(line for line in lines if line.startswith("base "))
     assert row.split()[1:] == [f"{built.accuracy('base')[t]:.3f}" for t in built.tasks]
 
