@@ -167,6 +167,18 @@ def test_teacher_forced_scoring_equals_generate(reduced_zoo):
     assert True in forced and False in forced
 
 
+def test_merge_reward_uses_the_manifest_experts(reduced_zoo):
+    from zoo.evaluate import merge_reward
+
+    built, _ = reduced_zoo
+    a, b = built.tasks[0], built.tasks[1]
+    # The expert for `a` standing in for a merge: it keeps all of a and little of b.
+    reward, acc = merge_reward(built, built.expert(a), (a, b))
+    assert acc == {t: built.accuracy(f"expert-{a}")[t] for t in (a, b)}
+    expected = (min(1.0, acc[a] / built.expert_accuracy(a)) + min(1.0, acc[b] / built.expert_accuracy(b))) / 2
+    assert reward == pytest.approx(expected) and 0.5 <= reward < 0.75
+
+
 def test_rebuild_reuses_and_retrains_only_what_is_missing(reduced_zoo, tmp_path):
     import shutil
 
