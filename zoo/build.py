@@ -1,6 +1,6 @@
 """Build the zoo: one tiny character-level Llama base and one expert per task.
 
-The recipe follows what was measured on 2-core CPUs (see the design notes):
+The recipe follows what was measured when CPU zoos were tried on 2-core machines:
 - pretrain on a mixture of every task with the tag hidden (`[?]`), so the base has the
   skills but cannot be steered to one; with tags visible the base already solves the
   tasks and every merge scores below it;
@@ -119,7 +119,11 @@ def base_stamp(recipe: ZooRecipe) -> str:
     r = asdict(recipe)
     keep = ("tasks", "hidden_size", "intermediate_size", "num_layers", "num_heads", "batch_size",
             "pretrain_steps", "pretrain_lr", "warmup_steps", "seed", "threads")
-    return _stamp({"code": TRAINING_CODE_VERSION, "vocab": vocabulary(), **{k: r[k] for k in keep}})
+    # Descriptions stand in for the task definitions: a task whose inputs change gets a new
+    # description, and with it a retrained zoo.
+    descriptions = {t: get_task(t).description for t in recipe.tasks}
+    return _stamp({"code": TRAINING_CODE_VERSION, "vocab": vocabulary(), "tasks_defined": descriptions,
+                   **{k: r[k] for k in keep}})
 
 
 def expert_stamp(recipe: ZooRecipe, task: str) -> str:
