@@ -723,12 +723,13 @@ def export(fmt, output, rewarded_only, db_path):
 # ---------------------------------------------------------------------------------------
 
 
-@main.group()
-def zoo() -> None:
+# Not named `zoo`: a module-level `zoo` would shadow the package for any later `import zoo`.
+@main.group("zoo")
+def zoo_group() -> None:
     """The embedded tiny model zoo: a base and one expert per synthetic task."""
 
 
-@zoo.command("build")
+@zoo_group.command("build")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="Zoo folder (default: $SIMMERGE_HOME/zoo/SIZE or ~/.cache/simmerge/zoo/SIZE).")
 @click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True,
@@ -738,13 +739,15 @@ def zoo_build(directory, size, as_json) -> None:
     """Build the zoo, or complete it: models already built with the same recipe are reused."""
     from zoo.build import build_zoo
 
-    built = build_zoo(directory, size=size, progress=None if not as_json else False)
+    built = build_zoo(directory, size=size, progress=False if as_json else None)
     if as_json:
         emit_json({"root": str(built.root), **built.manifest})
         return
     m = built.manifest
     click.echo(f"zoo ({m['size']}, {m['parameters']:,} parameters per model) at {built.root}")
-    click.echo(f"built in {m['build_seconds']['total']:.1f} s; reused: {', '.join(m['reused']) or 'nothing'}")
+    secs = m["build_seconds"]
+    click.echo(f"build time {secs['total']:.1f} s (this run {secs['this_run']:.1f} s); "
+               f"reused: {', '.join(m['reused']) or 'nothing'}")
     click.echo(_accuracy_table(m["accuracy"], built.tasks))
 
 

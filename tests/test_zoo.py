@@ -160,11 +160,23 @@ def test_teacher_forced_scoring_equals_generate(reduced_zoo):
     folder = built.expert(own)
     model, tok = load_model(folder), load_tokenizer(folder)
     # An expert on its own task gets most right, on another task most wrong: both outcomes.
-    examples = eval_set(own, 12) + eval_set(other, 12)
+    examples = eval_set(own, 8) + eval_set(other, 8)
     forced = teacher_forced_correct(model, tok, examples, batch_size=7)
     generated = generated_answers(model, tok, [e.prompt for e in examples])
     assert forced == [g == e.answer for g, e in zip(generated, examples)]
     assert True in forced and False in forced
+
+
+def test_merge_reward_uses_the_manifest_experts(reduced_zoo):
+    from zoo.evaluate import merge_reward
+
+    built, _ = reduced_zoo
+    a, b = built.tasks[0], built.tasks[1]
+    # The expert for `a` standing in for a merge: it keeps all of a and little of b.
+    reward, acc = merge_reward(built, built.expert(a), (a, b))
+    assert acc == {t: built.accuracy(f"expert-{a}")[t] for t in (a, b)}
+    expected = (min(1.0, acc[a] / built.expert_accuracy(a)) + min(1.0, acc[b] / built.expert_accuracy(b))) / 2
+    assert reward == pytest.approx(expected) and 0.5 <= reward < 0.75
 
 
 def test_rebuild_reuses_and_retrains_only_what_is_missing(reduced_zoo, tmp_path):
@@ -178,6 +190,9 @@ def test_rebuild_reuses_and_retrains_only_what_is_missing(reduced_zoo, tmp_path)
     again = build_zoo(root, recipe=reduced_recipe(), progress=False)
     assert set(again.manifest["reused"]) == {"base"} | {f"expert-{t}" for t in built.tasks}
     assert again.manifest["accuracy"] == built.manifest["accuracy"]
+    # A full reuse still reports what the zoo cost to build, not the seconds of the reuse.
+    assert again.manifest["build_seconds"]["total"] == built.manifest["build_seconds"]["total"]
+    assert again.manifest["build_seconds"]["this_run"] < built.manifest["build_seconds"]["total"]
 
     task = built.tasks[0]
     weights = (built.expert(task) / "model.safetensors").read_bytes()
@@ -220,3 +235,39 @@ def test_cli_zoo_build_reuses_a_built_zoo(reduced_zoo):
     out = json.loads(result.output)
     assert out["root"] == str(built.root) and out["accuracy"] == built.manifest["accuracy"]
     assert len(out["reused"]) == 1 + len(built.tasks)
+
+    text = CliRunner().invoke(main, ["zoo", "build", "--dir", str(built.root), "--size", "reduced"])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert lines[0].startswith(f"zoo (reduced, {built.manifest['parameters']:,} parameters per model)")
+    assert "reused: base, expert-" in lines[1]
+    assert lines[1].startswith(f"build time {built.manifest['build_seconds']['total']:.1f} s")
+    row = next(line for line in lines if line.startswith("base "))
+    assert row.split()[1:] == [f"{built.accuracy('base')[t]:.3f}" for t in built.tasks]
+
+
+def test_unknown_size_recipe_and_missing_zoo_are_user_errors(tmp_path):
+    from zoo.build import recipe_for, reduced_recipe
+    from zoo.manifest import load_zoo
+
+    with pytest.raises(ZooError, match="unknown zoo size 'huge'"):
+        recipe_for("huge")
+    with pytest.raises(ZooError, match="unknown task"):
+        reduced_recipe(tasks=("upper", "nope"))
+    with pytest.raises(ZooError, match="at least two tasks"):
+        reduced_recipe(tasks=("upper",))
+    with pytest.raises(ZooError, match="no zoo at"):
+        load_zoo(tmp_path)
+
+
+def test_a_second_build_in_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    from zoo.build import build_zoo, reduced_recipe
+
+    (tmp_path / ".building-base-1").mkdir()  # as an interrupted build leaves it
+    with open(tmp_path / ".build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ZooError, match="another zoo build is running"):
+            build_zoo(tmp_path, recipe=reduced_recipe(), progress=False)
+        assert (tmp_path / ".building-base-1").is_dir()  # not touched while another build runs

@@ -118,6 +118,15 @@ def retained_skill_reward(acc_merged: dict[str, float], acc_expert: dict[str, fl
     return sum(ratios) / len(ratios)
 
 
+def merge_reward(zoo, merged_folder: str | os.PathLike, tasks: list[str] | tuple[str, ...]) -> tuple[float, dict[str, float]]:
+    """Evaluate a merge of the zoo's experts for `tasks` and return (reward, its accuracy per
+    task); the experts' accuracies come from the zoo's manifest, measured on the same sets."""
+    names = task_names(list(tasks))
+    acc_expert = {t: zoo.expert_accuracy(t) for t in names}
+    acc_merged = evaluate_folder(merged_folder, names)
+    return retained_skill_reward(acc_merged, acc_expert), acc_merged
+
+
 @contextmanager
 def quiet_transformers():
     """Silence transformers' own per-load and per-save progress bars and info logs, which

@@ -12,7 +12,8 @@ per task (`probes/<task>.txt`, one prompt a line) and `manifest.json`:
       "base": {"name": "base", "path": "base"},
       "experts": {"add": {"name": "expert-add", "path": "expert-add"}, ...},
       "accuracy": {"base": {"add": 0.02, ...}, "expert-add": {"add": 0.97, ...}, ...},
-      "build_seconds": {"base": 71.0, "expert-add": 9.3, ..., "total": 190.2},
+      "build_seconds": {"base": 71.0, "expert-add": 9.3, ..., "evaluation": 7.4,
+                        "total": 190.2, "this_run": 0.1},
       "versions": {"torch": ..., "transformers": ...}
     }
 
