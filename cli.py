@@ -812,7 +812,7 @@ def _outcome_report(s) -> str:
     return "\n".join(lines)
 
 
-@zoo.command("outcomes")
+@zoo_group.command("outcomes")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Outcome table to write (.csv or .jsonl).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
 @click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
