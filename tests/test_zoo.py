@@ -124,15 +124,7 @@ def test_tokenizer_round_trip_through_autotokenizer(tmp_path):
 
 # -- a reduced zoo, built once for the tests below ----------------------------------------
 
-@pytest.fixture(scope="session")
-def reduced_zoo(tmp_path_factory):
-    from zoo.build import build_zoo, reduced_recipe
-
-    root = tmp_path_factory.mktemp("zoo")
-    t0 = time.perf_counter()
-    built = build_zoo(root, recipe=reduced_recipe(), progress=False)
-    return built, time.perf_counter() - t0
-
+# `reduced_zoo` (session-wide, shared with the demo tests) lives in conftest.py.
 
 def test_reduced_zoo_builds_fast_and_experts_beat_base(reduced_zoo):
     from zoo.manifest import load_zoo
