@@ -49,17 +49,15 @@ def parse_value(text: str) -> Any:
 
 
 def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """`k=v` strings into a dict; a malformed pair or a repeated key is a user error."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise BanditError(f"bad parameter {pair!r}: write it as name=value")
-        if key in params:
-            raise BanditError(f"parameter {key!r} given twice")
-        params[key] = parse_value(value)
-    return params
+    """`k=v` strings into a dict, read exactly as `bandit merge --param` reads them, so an
+    arm's parameters mean what they mean in a merge; a malformed pair is a user error."""
+    from merging.errors import MergeError
+    from merging.recipe import parse_param_args
+
+    try:
+        return parse_param_args(pairs)
+    except MergeError as e:
+        raise BanditError(str(e)) from None
 
 
 def validate_operator(operator: str, params: dict[str, Any], n_models: int = 2) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def test_text_output(run):
         (("propose", "--task", "t", "--context-json", "[1]"), "JSON object"),
         (("propose", "--task", "t", "--context-json", "{bad"), "not valid JSON"),
         (("propose", "--task", "t", "--context-json", '{"a": NaN}'), "finite number"),
-        (("arms", "add", "x", "--operator", "ties", "-p", "density"), "name=value"),
+        (("arms", "add", "x", "--operator", "ties", "-p", "density"), "key=value"),
         (("arms", "add", "ties", "--operator", "ties"), "exists already"),
         (("arms", "add", "y", "--operator", "ties", "--warm-start-from", "zzz"), "unknown arm"),
         (("arms", "retire", "zzz"), "no arm named"),
