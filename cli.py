@@ -7,7 +7,6 @@ own usage errors exit 2.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
@@ -881,7 +880,7 @@ def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
     if gap > 0:
         click.echo(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%}")
     click.echo(f"  first half mean {s.first_half_mean:.4f}, second half mean {s.second_half_mean:.4f}")
-    click.echo(f"  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
+    click.echo("  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
     if s.plot:
         click.echo(f"learning curve: {s.plot}")
 

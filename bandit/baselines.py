@@ -37,10 +37,7 @@ class _Stateless(Policy):
     """Policies that learn nothing: arms are only remembered so they can be listed."""
 
     def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
-        if arm.name in self.specs:
-            raise BanditError(f"arm {arm.name!r} exists already")
-        if warm_start_from is not None and warm_start_from not in self.specs:
-            raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
+        self.check_new_arm(arm, warm_start_from, shrink)
         self.specs[arm.name] = arm
 
     def learn_one(self, arm: str, context: Mapping[str, float], reward: float) -> None:

@@ -190,19 +190,14 @@ class HybridLinUCB(Policy):
 
     # -- the Policy interface ------------------------------------------------------------
     def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
-        if arm.name in self.parts:
-            raise BanditError(f"arm {arm.name!r} exists already")
+        self.check_new_arm(arm, warm_start_from, shrink)
         dd = arm_descriptor(arm, self.descriptor)
         self._add_descriptor_names([k for k in dd if k not in self._didx])
         d, k = self.d, self.k
         if warm_start_from is None:
             part = _ArmPart(self.arm_lam * np.eye(d), np.zeros((d, k)), np.zeros(d))
         else:
-            donor = self.parts.get(warm_start_from)
-            if donor is None:
-                raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
-            if not 0 <= shrink <= 1:
-                raise BanditError(f"shrink must be in [0, 1], got {shrink}")
+            donor = self.parts[warm_start_from]
             # The donor's evidence enters as pseudo-observations with z = 0: its residual
             # after the shared part (b_d − B_dβ̂), shrunk. B stays 0, so the shared
             # statistics A₀, b₀ stay consistent with what the arm really observed.

@@ -31,17 +31,11 @@ class RidgeArms(Policy):
         self.posteriors: dict[str, Posterior] = {}
 
     def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
-        if arm.name in self.posteriors:
-            raise BanditError(f"arm {arm.name!r} exists already")
+        self.check_new_arm(arm, warm_start_from, shrink)
         if warm_start_from is None:
             post = Posterior.prior(self.lam, refactor_every=self.refactor_every)
         else:
-            donor = self.posteriors.get(warm_start_from)
-            if donor is None:
-                raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
-            if not 0 <= shrink <= 1:
-                raise BanditError(f"shrink must be in [0, 1], got {shrink}")
-            post = donor.shrunk_copy(shrink)
+            post = self.posteriors[warm_start_from].shrunk_copy(shrink)
         self.posteriors[arm.name] = post
         self.specs[arm.name] = arm
 

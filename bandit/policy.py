@@ -56,6 +56,18 @@ class Policy(ABC):
     def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
         """Take up a new arm, from the prior or from a shrunk copy of another arm."""
 
+    def check_new_arm(self, arm: ArmSpec, warm_start_from: str | None, shrink: float) -> None:
+        """What every `add_arm` checks first: a new name, a known donor, a shrink in [0, 1]."""
+        from bandit.errors import BanditError
+
+        if arm.name in self.specs:
+            raise BanditError(f"arm {arm.name!r} exists already")
+        if warm_start_from is not None:
+            if warm_start_from not in self.specs:
+                raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
+            if not 0 <= shrink <= 1:
+                raise BanditError(f"shrink must be in [0, 1], got {shrink}")
+
     @abstractmethod
     def learn_one(self, arm: str, context: Mapping[str, float], reward: float) -> None:
         """Learn from one reward of `arm` in `context`."""

@@ -127,10 +127,7 @@ class VWPolicy(Policy):
 
     # -- the Policy interface ------------------------------------------------------------
     def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
-        if arm.name in self.specs:
-            raise BanditError(f"arm {arm.name!r} exists already")
-        if warm_start_from is not None and warm_start_from not in self.specs:
-            raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
+        self.check_new_arm(arm, warm_start_from, shrink)
         # A warm start needs nothing here: the new arm's descriptor features are shared
         # with its look-alikes, which is how VW transfers what they learned.
         self.specs[arm.name] = arm

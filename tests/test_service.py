@@ -1,5 +1,4 @@
 """The propose/reward service against known posteriors and the database after it."""
-import json
 
 import numpy as np
 import pytest
