@@ -355,7 +355,7 @@ def rebuild(check, db_path, as_json):
 @click.option("--operator", help="Operator name (see `bandit operators`).")
 @click.option("--base", type=click.Path(), help="Base model folder (deltas are taken against it).")
 @click.option("--model", "models", multiple=True, type=click.Path(), help="Input model folder; repeat, in order.")
-@click.option("--param", "params", multiple=True, metavar="K=V",
+@click.option("--param", "-p", "params", multiple=True, metavar="K=V",
               help="Operator parameter; per-model values as a list: weight=0.7,0.3. Repeatable.")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
               help="Recipe file (merge YAML layout or JSON) instead of --operator/--model.")
