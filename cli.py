@@ -44,6 +44,10 @@ class BanditGroup(click.Group):
         except _user_errors() as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:
+            # Work is transactional (database) or atomic (merges, caches): nothing half-done stays.
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 def db_option(f):
