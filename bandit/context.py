@@ -46,8 +46,9 @@ def pair_features(
     store, a: str, b: str, probes: list[str] | None, *, structural_only: bool = False,
     device: str = "auto", progress: bool = False,
 ) -> PairFeatures:
-    """Features of the ordered pair (a, b), from the cache or computed and cached."""
-    from features import FEATURE_SET, FEATURE_VERSION, compute_features, probe_hash
+    """Features of the ordered pair (a, b), from the cache or computed and cached. A miss
+    computes and caches (b, a) too: the same passes give both orders."""
+    from features import FEATURE_SET, FEATURE_VERSION, compute_features_both_orders, probe_hash
     from merging.checkpoint import Checkpoint
 
     if a == b:
@@ -56,19 +57,22 @@ def pair_features(
     ra, rb = model_row(store, a), model_row(store, b)
     ck_a, ck_b, ck_base = Checkpoint(ra["path"]), Checkpoint(rb["path"]), Checkpoint(base["path"])
     p_hash = "" if structural_only else probe_hash(probes)
-    key = cache_key(ck_a.fingerprint(), ck_b.fingerprint(), ck_base.fingerprint(), p_hash, FEATURE_SET,
-                    FEATURE_VERSION, structural_only)
-    cached = store.cached_features(key)
+    fp_a, fp_b, fp_base = ck_a.fingerprint(), ck_b.fingerprint(), ck_base.fingerprint()
+
+    def key(fp_x: str, fp_y: str) -> str:
+        return cache_key(fp_x, fp_y, fp_base, p_hash, FEATURE_SET, FEATURE_VERSION, structural_only)
+
+    cached = store.cached_features(key(fp_a, fp_b))
     if cached is not None:
         return PairFeatures(a, b, cached, True)
-    feats = compute_features(base["path"], ra["path"], rb["path"], probes, structural_only=structural_only,
-                             device=device, progress=progress)
-    row = {"model_a": a, "model_b": b, "base": base["name"], "fp_a": ck_a.fingerprint(), "fp_b": ck_b.fingerprint(),
-           "fp_base": ck_base.fingerprint(), "probe_hash": p_hash, "feature_set": FEATURE_SET,
-           "version": FEATURE_VERSION}
+    ab, ba = compute_features_both_orders(base["path"], ra["path"], rb["path"], probes,
+                                          structural_only=structural_only, device=device, progress=progress)
+    common = {"base": base["name"], "fp_base": fp_base, "probe_hash": p_hash, "feature_set": FEATURE_SET,
+              "version": FEATURE_VERSION}
     with store.transaction():
-        store.put_features(key, row, feats)
-    return PairFeatures(a, b, feats, False)
+        store.put_features(key(fp_a, fp_b), {"model_a": a, "model_b": b, "fp_a": fp_a, "fp_b": fp_b, **common}, ab)
+        store.put_features(key(fp_b, fp_a), {"model_a": b, "model_b": a, "fp_a": fp_b, "fp_b": fp_a, **common}, ba)
+    return PairFeatures(a, b, ab, False)
 
 
 def task_probes(store, task: str) -> list[str] | None:

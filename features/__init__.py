@@ -67,7 +67,7 @@ FEATURE_NAMES: tuple[str, ...] = STRUCTURAL_FEATURES + FUNCTIONAL_FEATURES
 
 __all__ = [
     "FEATURE_NAMES", "FEATURE_SET", "FEATURE_VERSION", "FUNCTIONAL_FEATURES", "STRUCTURAL_FEATURES",
-    "FeatureError", "compute_features", "feature_names", "probe_hash",
+    "FeatureError", "compute_features", "compute_features_both_orders", "feature_names", "probe_hash",
 ]
 
 
@@ -102,3 +102,22 @@ def compute_features(base: str, a: str, b: str, probes: list[str] | None = None,
     if not structural_only:
         out.update(functional_features(base, a, b, probes, device=device, tokenizer=tokenizer, progress=progress))
     return out
+
+
+def compute_features_both_orders(base: str, a: str, b: str, probes: list[str] | None = None, *,
+                                 structural_only: bool = False, device: str = "auto", progress: bool = False,
+                                 tokenizer: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """`compute_features` for (A, B) and for (B, A) at the cost of one pair: the same passes
+    over the weights and the probes give both (see `features.order`)."""
+    from features.functional import functional_features
+    from features.order import reverse
+    from features.structural import structural_features
+
+    ab = structural_features(base, a, b, device=device, progress=progress)
+    ba = reverse(ab)
+    if not structural_only:
+        f_ab, f_ba = functional_features(base, a, b, probes, device=device, tokenizer=tokenizer,
+                                         progress=progress, both_orders=True)
+        ab.update(f_ab)
+        ba.update(f_ba)
+    return ab, ba

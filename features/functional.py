@@ -217,9 +217,12 @@ def _release(device) -> None:
 
 def functional_features(base: str, a: str, b: str, probes: list[str] | None = None, *, device: str = "auto",
                         tokenizer: str | None = None, max_tokens: int = MAX_TOKENS, batch_size: int = BATCH_SIZE,
-                        progress: bool = False) -> dict[str, float]:
+                        progress: bool = False, both_orders: bool = False):
     """Functional features of the ordered pair (A, B) over `base` on the probe texts
-    (None: the built-in generic set); see `features` for the list."""
+    (None: the built-in generic set); see `features` for the list.
+
+    With `both_orders`, returns ((A, B) features, (B, A) features) from the same three
+    forward passes: only KL(A‖B) needs its reverse computed; the rest swap or flip."""
     import torch
 
     from merging.device import resolve_device
@@ -268,7 +271,7 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
         _release(dev)
 
         model = _load_model(b, dev)
-        kl, js, agree, ent_a, ent_b, kl_base_b = [], [], [], [], [], []
+        kl, kl_rev, js, agree, ent_a, ent_b, kl_base_b = [], [], [], [], [], [], []
         layer_cos: list[list] = []
         last_a, last_b = [], []
         for i, (logp, hidden) in enumerate(_run(model, batches, dev, bar)):
@@ -276,6 +279,8 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
             check((len(hidden_a[i]),) + tuple(hidden_a[i][0].shape), (len(hidden),) + tuple(hidden[0].shape),
                   "layers × hidden size (A vs B)")
             kl.append(kl_rows(logp_a[i], logp))
+            if both_orders:
+                kl_rev.append(kl_rows(logp, logp_a[i]))
             js.append(js_rows(logp_a[i], logp))
             agree.append(logp_a[i].argmax(dim=-1) == logp.argmax(dim=-1))
             ent_a.append(entropy_rows(logp_a[i]))
@@ -292,12 +297,17 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
         if bar is not None:
             bar.close()
 
-    kl_all = torch.cat(kl)
+    def kl_summary(rows) -> dict[str, float]:
+        kl_all = torch.cat(rows)
+        return {
+            "kl_mean": squash(float(kl_all.mean())),
+            "kl_median": squash(float(torch.quantile(kl_all, 0.5))),
+            "kl_p90": squash(float(torch.quantile(kl_all, 0.9))),
+        }
+
     per_layer = [float(torch.cat([batch[layer] for batch in layer_cos]).mean()) for layer in range(len(layer_cos[0]))]
-    return {
-        "kl_mean": squash(float(kl_all.mean())),
-        "kl_median": squash(float(torch.quantile(kl_all, 0.5))),
-        "kl_p90": squash(float(torch.quantile(kl_all, 0.9))),
+    ab = {
+        **kl_summary(kl),
         "js_mean": min(1.0, float(torch.cat(js).mean()) / math.log(2.0)),
         "top1_agreement": float(torch.cat(agree).double().mean()),
         "entropy_gap": math.tanh(float(torch.cat(ent_a).mean()) - float(torch.cat(ent_b).mean())),
@@ -308,3 +318,8 @@ def functional_features(base: str, a: str, b: str, probes: list[str] | None = No
         "kl_base_a": squash(float(torch.cat(kl_base_a).mean())),
         "kl_base_b": squash(float(torch.cat(kl_base_b).mean())),
     }
+    if not both_orders:
+        return ab
+    from features.order import reverse
+
+    return ab, reverse(ab, kl_summary(kl_rev))
