@@ -208,8 +208,29 @@ class Service:
                               + (f" arm={params.get('arm')}" if name == "fixed" else ""))
         settings = {"name": name, "params": params}
         with self.store.transaction():
+            if isinstance(policy, RidgeArms):
+                self._shift_ridge_lambda(policy.lam)
             self.store.set_setting("policy", settings)
         return {"name": name, "params": params, "label": policy_label(settings), "effective": policy.params()}
+
+    def _shift_ridge_lambda(self, lam: float) -> None:
+        """Give the stored ridge posteriors (and warm-start priors) a new λ: A = λI + Σxxᵀ,
+        so A + (λ_new − λ_old)·I is exactly what learning the same data under λ_new gives."""
+        for row in self.store.posteriors(RIDGE):
+            delta = lam - row["lam"]
+            if delta == 0:
+                continue
+            A = np.frombuffer(row["A"], "<f8").copy().reshape(len(row["schema"]) + 1, -1)
+            A[np.diag_indices_from(A)] += delta
+            self.store.put_posterior(RIDGE, row["arm"], row["schema"], lam, A.astype("<f8").tobytes(), row["b"],
+                                     row["n"], row["version"] + 1)
+            arm = self.store.arm(row["arm"])
+            if arm is not None and arm.get("prior_A") is not None:
+                P = np.frombuffer(arm["prior_A"], "<f8").copy()
+                d = int(round(math.sqrt(P.size)))
+                P = P.reshape(d, d)
+                P[np.diag_indices_from(P)] += delta
+                self.store.set_arm_prior(row["arm"], P.astype("<f8").tobytes())
 
     def show_policy(self) -> dict[str, Any]:
         settings = self.policy_settings()

@@ -141,6 +141,9 @@ class Store:
         except sqlite3.IntegrityError:
             raise StoreError(f"arm {name!r} exists already") from None
 
+    def set_arm_prior(self, name: str, prior_A: bytes) -> None:
+        self.conn.execute("UPDATE arms SET prior_A = ? WHERE name = ?", (prior_A, name))
+
     def set_arm_status(self, name: str, status: str) -> None:
         cur = self.conn.execute("UPDATE arms SET status = ? WHERE name = ?", (status, name))
         if cur.rowcount == 0:

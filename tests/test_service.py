@@ -185,3 +185,27 @@ def test_rebuild_replays_rewards_in_recording_order(svc):
     assert [r["event_id"] for r in svc.store.rewards_in_order()] != sorted(ids)
     rep = svc.rebuild(check=True)
     assert rep.clean and rep.max_abs_diff == 0.0
+
+
+def test_changing_lambda_shifts_posteriors_exactly(svc):
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        p = svc.propose("t", {"a": float(rng.uniform())}, seed=i)
+        svc.reward(p.event_id, float(rng.uniform()))
+    svc.add_arm("warm", "ties", {"density": 0.3}, warm_start_from="linear", shrink=0.5)
+    for i in range(10):
+        p = svc.propose("t", {"a": float(rng.uniform())}, seed=100 + i)
+        svc.reward(p.event_id, float(rng.uniform()))
+    before = {r["arm"]: r for r in svc.store.posteriors("ridge")}
+    svc.set_policy("linucb", {"lambda": 3.0})
+    for arm, row in before.items():
+        new, A, b = ridge_row(svc, arm)
+        d = len(row["schema"]) + 1
+        old_A = np.frombuffer(row["A"], DTYPE).reshape(d, d)
+        assert new["lam"] == 3.0
+        np.testing.assert_allclose(A, old_A + 2.0 * np.eye(d), atol=1e-12)
+    assert svc.rebuild(check=True).clean
+    # the live policy scores with λ = 3: a fresh arm's width is 1/√3 at x = bias only
+    svc.add_arm("fresh", "linear", {})
+    post = svc.policy().posteriors["fresh"]
+    assert post.A.tolist() == [[3.0]]
