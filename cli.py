@@ -206,7 +206,8 @@ def reward(event_id, value, db_path, as_json):
     from bandit.reward import record_reward
     from store import Store
 
-    with Store(db_path) as store:
+    # A reward belongs to an event of an existing database: never create one on a typo.
+    with Store(db_path, create=False) as store:
         out = record_reward(store, event_id, value)
     if as_json:
         emit_json({"event_id": out.event_id, "arm": out.arm, "reward": out.value, "duplicate": out.duplicate,

@@ -32,7 +32,7 @@ def _row(cursor: sqlite3.Cursor, row: tuple) -> dict:
 class Store:
     """One SQLite database: catalog (arms, tasks, models), events, rewards, posteriors, caches."""
 
-    def __init__(self, path: str | os.PathLike = "bandit.db"):
+    def __init__(self, path: str | os.PathLike = "bandit.db", *, create: bool = True):
         # a plain string path: pathlib is slow to import for a command that must start fast
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
@@ -40,6 +40,8 @@ class Store:
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise StoreError(f"{self.path}: folder {folder} does not exist")
+        if not create and not os.path.exists(self.path):
+            raise StoreError(f"{self.path}: no such database (check --db or $BANDIT_DB)")
         try:
             self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             self.conn.row_factory = _row

@@ -114,6 +114,12 @@ def test_missing_db_folder_is_one_line(tmp_path):
     assert res.exit_code == 1 and "does not exist" in res.output
 
 
+def test_reward_never_creates_a_database(tmp_path):
+    res = CliRunner().invoke(main, ["reward", "1", "0.5", "--db", str(tmp_path / "typo.db")])
+    assert res.exit_code == 1 and "no such database" in res.output
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_corrupt_db_is_one_line(tmp_path):
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"this is not sqlite" * 100)
