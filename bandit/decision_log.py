@@ -24,10 +24,10 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 from bandit.errors import BanditError
+from bandit.files import jsonl_objects, read_text
 
 FORMATS = ("jsonl",)
 
@@ -118,23 +118,7 @@ def _decision(rec: Any, where: str) -> LoggedDecision:
 
 def read_decision_log(path: str | os.PathLike) -> list[LoggedDecision]:
     """Read an exported JSONL decision log, checking every record."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BanditError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BanditError(f"{path}: cannot read it ({e})") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BanditError(f"{path} line {n}: not JSON ({e.msg})") from None
-        out.append(_decision(rec, f"{path} line {n}"))
-    return out
+    return [_decision(rec, f"{path} line {n}") for n, rec in jsonl_objects(read_text(path), str(path))]
 
 
 def decisions_from_events(events: Iterable[dict]) -> Iterator[LoggedDecision]:

@@ -20,9 +20,9 @@ so growing every matrix with λ on the new diagonal keeps the statistics exact.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import numpy as np
 from bandit.descriptors import DESCRIPTOR_KINDS, arm_descriptor
 from bandit.errors import BanditError
 from bandit.exploration import epsilon_floor, sample
+from bandit.files import write_atomically
 from bandit.policy import Action, ArmSpec, Decision, Policy
 
 FORMAT = "simmerge-hybrid/1"
@@ -295,16 +296,9 @@ class HybridLinUCB(Policy):
         for i, n in enumerate(names):
             part = self.parts[n]
             arrays.update({f"A_{i}": part.A, f"A_inv_{i}": part.A_inv, f"B_{i}": part.B, f"b_{i}": part.b})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; like the database, others may read it
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        write_atomically(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["HybridLinUCB", dict[str, Any]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import numpy as np
 from bandit.arms import DEFAULT_ARMS
 from bandit.descriptors import arm_descriptor
 from bandit.errors import BanditError
+from bandit.files import jsonl_objects, read_text
+from bandit.reward import parse_finite
 from bandit.policy import ArmSpec
 
 
@@ -47,14 +48,6 @@ class OutcomeTable:
         return np.argmax(self.expected if self.expected is not None else self.R, axis=1)
 
 
-def _number(text, where: str) -> float:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise BanditError(f"{where}: {text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise BanditError(f"{where}: {text!r} is not a finite number")
-    return v
 
 
 def _from_records(records: list[dict], source: str) -> OutcomeTable:
@@ -80,9 +73,9 @@ def _from_records(records: list[dict], source: str) -> OutcomeTable:
         tasks.append(str(rec["task"]))
         pairs.append((str(rec.get("model_a") or ""), str(rec.get("model_b") or "")))
         for j, f in enumerate(features):
-            X[i, j] = _number(rec[f"f:{f}"], f"{where} f:{f}")
+            X[i, j] = parse_finite(rec[f"f:{f}"], f"{where} f:{f}")
         for j, a in enumerate(arms):
-            R[i, j] = _number(rec[f"r:{a}"], f"{where} r:{a}")
+            R[i, j] = parse_finite(rec[f"r:{a}"], f"{where} r:{a}")
     return OutcomeTable(tasks, pairs, features, X, arms, R)
 
 
@@ -90,24 +83,9 @@ def read_outcomes(path: str | os.PathLike) -> OutcomeTable:
     """Read a CSV or JSONL outcome table (JSONL when the name ends in .jsonl/.ndjson or the
     first non-blank character is `{`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BanditError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BanditError(f"{path}: cannot read it ({e})") from None
+    text = read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson") or text.lstrip().startswith("{"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BanditError(f"{path} line {n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise BanditError(f"{path} line {n}: expected a JSON object")
-            records.append(rec)
+        records = [rec for _, rec in jsonl_objects(text, str(path))]
         if records:
             # JSONL rows may order keys differently: take the columns from the first row
             first = set(records[0])

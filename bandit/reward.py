@@ -45,14 +45,19 @@ def parse_event_id(text: str | int) -> int:
     return value
 
 
-def parse_reward(text: str | float) -> float:
+def parse_finite(text: str | float, what: str) -> float:
+    """A finite float from user input; anything else is a one-line error naming `what`."""
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise BanditError(f"reward {text!r} is not a number") from None
+        raise BanditError(f"{what}: {text!r} is not a number") from None
     if not math.isfinite(value):
-        raise BanditError(f"reward {text!r} is not a finite number")
+        raise BanditError(f"{what}: {text!r} is not a finite number")
     return value
+
+
+def parse_reward(text: str | float) -> float:
+    return parse_finite(text, "reward")
 
 
 def chosen_context(event: dict) -> dict[str, float]:

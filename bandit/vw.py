@@ -31,6 +31,7 @@ import numpy as np
 from bandit.descriptors import arm_descriptor
 from bandit.errors import BanditError
 from bandit.exploration import sample
+from bandit.files import write_atomically
 from bandit.policy import Action, ArmSpec, Decision, Policy
 
 FORMAT = "simmerge-vw/1"
@@ -188,16 +189,7 @@ class VWPolicy(Policy):
             model = Path(model_tmp).read_bytes()
         finally:
             os.unlink(model_tmp)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(header).encode() + b"\n" + model)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; like the database, others may read it
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, json.dumps(header).encode() + b"\n" + model)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["VWPolicy", dict[str, Any]]:

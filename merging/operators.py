@@ -342,24 +342,25 @@ _GAMMA = Param("gamma", 0.01, minimum=0.0, maximum=1.0, help="share of largest |
                 min_models=1, checks=(_weights_nonzero,),
                 description="Model Breadcrumbs: drop the top gamma and keep the next density of |tau|; task arithmetic")
 def breadcrumbs_merge(base, tensors, params):
+    return _apply(base, weighted_delta_sum(_breadcrumbs_deltas(base, tensors, params), _column(params, "weight"),
+                                           params["normalize"]), params["lambda"])
+
+
+def _breadcrumbs_deltas(base, tensors, params):
+    """Each model's delta with its largest `gamma` share and all but the next `density` share dropped."""
     deltas = []
     for t, d in zip(tensors, params["density"]):
         delta = t - base
         deltas.append(delta * breadcrumbs_mask(delta, d, params["gamma"]))
-    return _apply(base, weighted_delta_sum(deltas, _column(params, "weight"), params["normalize"]),
-                  params["lambda"])
+    return deltas
 
 
 @merge_operator("breadcrumbs_ties",
                 [_weight(), _density(0.9), _GAMMA, _lambda(), _normalize(True)], min_models=1,
                 description="Model Breadcrumbs masks combined with TIES sign election")
 def breadcrumbs_ties_merge(base, tensors, params):
-    deltas = []
-    for t, d in zip(tensors, params["density"]):
-        delta = t - base
-        deltas.append(delta * breadcrumbs_mask(delta, d, params["gamma"]))
-    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
-                  params["lambda"])
+    return _apply(base, ties_combine(_breadcrumbs_deltas(base, tensors, params), _column(params, "weight"),
+                                     params["normalize"]), params["lambda"])
 
 
 @merge_operator("della",

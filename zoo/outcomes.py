@@ -203,9 +203,9 @@ def build_outcomes(
 
 
 def _save_cache(path: Path, cache: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    from bandit.files import write_atomically
+
+    write_atomically(path, json.dumps(cache, indent=1, sort_keys=True).encode())
 
 
 def summarize(rows: list[dict[str, Any]], arms: list[str]) -> OutcomeSummary:

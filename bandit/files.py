@@ -1,0 +1,52 @@
+"""Files the bandit reads from users and writes beside its database, with one-line errors.
+
+Reading: a whole text file, and JSONL objects with their line numbers. Writing: a file
+replaced atomically (a temporary sibling renamed into place), so a reader never sees half
+a snapshot and an interrupted write leaves the old file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bandit.errors import BanditError
+
+
+def read_text(path: str | os.PathLike) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BanditError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BanditError(f"{path}: cannot read it ({e})") from None
+
+
+def jsonl_objects(text: str, where: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; anything but a JSON object is an error."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BanditError(f"{where} line {n}: not JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise BanditError(f"{where} line {n}: expected a JSON object")
+        yield n, rec
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; like the database, others may read it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
