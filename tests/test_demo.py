@@ -68,3 +68,24 @@ def test_demo_three_rounds_end_to_end(table, tmp_path):
     assert s["oracle"] >= s["bandit"] - 1e-12
     assert (tmp_path / "demo-learning-curve.png").stat().st_size > 10_000
     assert CliRunner().invoke(main, ["rebuild", "--check", "--db", str(db)]).exit_code == 0
+
+
+def test_demo_stops_cleanly_on_ctrl_c(table, tmp_path):
+    """Ctrl-C mid-run: the summary covers the finished rounds, and all of them are stored."""
+    from zoo.demo import run_demo
+    from zoo.outcomes import build_outcomes
+
+    built, _, _ = table
+    summary = build_outcomes(built, None)
+    seen = []
+
+    def interrupt_after_two(r):
+        seen.append(r)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    db = str(tmp_path / "ctrl-c.db")
+    s = run_demo(built, summary, db, rounds=5, on_round=interrupt_after_two)
+    assert s.interrupted and s.rounds == 2
+    events = list(Store(db).events())
+    assert len(events) == 2 and all(e["reward"] is not None for e in events)
