@@ -44,10 +44,12 @@ def cache_key(fp_a: str, fp_b: str, fp_base: str, probe_hash: str, feature_set: 
 
 def pair_features(
     store, a: str, b: str, probes: list[str] | None, *, structural_only: bool = False,
-    device: str = "auto", progress: bool = False,
+    device: str = "auto", progress: bool = False, fingerprints: dict[str, str] | None = None,
 ) -> PairFeatures:
     """Features of the ordered pair (a, b), from the cache or computed and cached. A miss
-    computes and caches (b, a) too: the same passes give both orders."""
+    computes and caches (b, a) too: the same passes give both orders. `fingerprints`, a
+    dict the caller keeps across pairs, spares reading each checkpoint's headers and
+    samples once per pair it is in."""
     from features import FEATURE_SET, FEATURE_VERSION, compute_features_both_orders, probe_hash
     from merging.checkpoint import Checkpoint
 
@@ -55,9 +57,12 @@ def pair_features(
         raise BanditError(f"cannot pair model {a!r} with itself")
     base = common_base(store, [a, b])
     ra, rb = model_row(store, a), model_row(store, b)
-    ck_a, ck_b, ck_base = Checkpoint(ra["path"]), Checkpoint(rb["path"]), Checkpoint(base["path"])
+    known = fingerprints if fingerprints is not None else {}
+    for path in (ra["path"], rb["path"], base["path"]):
+        if path not in known:
+            known[path] = Checkpoint(path).fingerprint()
+    fp_a, fp_b, fp_base = known[ra["path"]], known[rb["path"]], known[base["path"]]
     p_hash = "" if structural_only else probe_hash(probes)
-    fp_a, fp_b, fp_base = ck_a.fingerprint(), ck_b.fingerprint(), ck_base.fingerprint()
 
     def key(fp_x: str, fp_y: str) -> str:
         return cache_key(fp_x, fp_y, fp_base, p_hash, FEATURE_SET, FEATURE_VERSION, structural_only)

@@ -357,9 +357,10 @@ class Service:
         probes = None if structural_only else task_probes(self.store, task)
         pairs = [(a, b) for a in models for b in models if a != b]
         paths = {m: self.store.model(m)["path"] for m in models}
+        fingerprints: dict[str, str] = {}
         contexts = [
             pair_features(self.store, a, b, probes, structural_only=structural_only, device=device,
-                          progress=progress).features
+                          progress=progress, fingerprints=fingerprints).features
             for a, b in pairs
         ]
         inputs = [(base["path"], [paths[a], paths[b]]) for a, b in pairs]

@@ -152,10 +152,12 @@ def build_outcomes(
     try:
         register_zoo(svc, zoo)
         rows: list[dict[str, Any]] = []
+        fingerprints: dict[str, str] = {}
         for a, b in zoo.pairs():
             probes = None if structural_only else pair_probes(zoo, a, b)
             feats = pair_features(svc.store, zoo.expert_name(a), zoo.expert_name(b), probes,
-                                  structural_only=structural_only, device=device).features
+                                  structural_only=structural_only, device=device,
+                                  fingerprints=fingerprints).features
             row: dict[str, Any] = {"task": pair_task(a, b), "model_a": zoo.expert_name(a), "model_b": zoo.expert_name(b)}
             row.update({f"f:{k}": v for k, v in feats.items()})
             rows.append(row)
