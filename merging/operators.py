@@ -319,20 +319,22 @@ def ties_merge(base, tensors, params):
                 min_models=1, randomized=True, checks=(_density_positive,),
                 description="DARE random drop (keep prob. density, rescale 1/density) + TIES sign election")
 def dare_ties_merge(base, tensors, params):
-    deltas = [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device))
-              for i, (t, d) in enumerate(zip(tensors, params["density"]))]
-    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
-                  params["lambda"])
+    return _apply(base, ties_combine(_dare_deltas(base, tensors, params), _column(params, "weight"),
+                                     params["normalize"]), params["lambda"])
+
+
+def _dare_deltas(base, tensors, params):
+    """Each model's delta with entries dropped at random (keep prob. density), seeded per model."""
+    return [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device))
+            for i, (t, d) in enumerate(zip(tensors, params["density"]))]
 
 
 @merge_operator("dare_linear", [_weight(), _density(), _lambda(), _normalize(False), _rescale()],
                 min_models=1, randomized=True, checks=(_density_positive, _weights_nonzero),
                 description="DARE random drop (keep prob. density, rescale 1/density) + task arithmetic")
 def dare_linear_merge(base, tensors, params):
-    deltas = [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device))
-              for i, (t, d) in enumerate(zip(tensors, params["density"]))]
-    return _apply(base, weighted_delta_sum(deltas, _column(params, "weight"), params["normalize"]),
-                  params["lambda"])
+    return _apply(base, weighted_delta_sum(_dare_deltas(base, tensors, params), _column(params, "weight"),
+                                           params["normalize"]), params["lambda"])
 
 
 _GAMMA = Param("gamma", 0.01, minimum=0.0, maximum=1.0, help="share of largest |delta| dropped")
