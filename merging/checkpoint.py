@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from merging.dtypes import DTYPE_BYTES, torch_dtype
 from merging.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -21,26 +22,6 @@ FINGERPRINT_SAMPLES = 4
 FINGERPRINT_SAMPLE_BYTES = 64 * 1024
 # A safetensors header is JSON; anything past this is certainly not one.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}
-
-
-# safetensors dtype -> torch dtype attribute name
-_TORCH_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
-    "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}
-
-
-def _torch_dtype(st_dtype: str):
-    import torch
-
-    return getattr(torch, _TORCH_DTYPES[st_dtype])
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -223,7 +204,7 @@ class Checkpoint:
                 done += n
         except OSError as e:
             raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e.strerror or e})") from None
-        t = buffer.view(_torch_dtype(info.dtype)).reshape(info.shape)
+        t = buffer.view(torch_dtype(info.dtype)).reshape(info.shape)
         return t if str(device) == "cpu" else t.to(device, non_blocking=True)
 
     def _file_handle(self, file: str) -> tuple[int, int]:

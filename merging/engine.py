@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from merging.architecture import EMBEDDING_SUFFIXES, LM_HEAD, VOCAB_SUFFIXES, check_same_architecture
 from merging.checkpoint import Checkpoint
+from merging.dtypes import FLOAT_SAFETENSORS, SAFETENSORS, safetensors_dtype, torch_dtype
 from merging.errors import MergeError
 from merging.recipe import Recipe, ResolvedRecipe
 from merging.registry import OperatorParams, load_plugin
@@ -33,18 +35,12 @@ DEFAULT_SHARD_SIZE = "5GB"
 READ_AHEAD_BYTES = 256 * 1024 * 1024
 RECIPE_JSON = "merge_recipe.json"
 RECIPE_YAML = "merge_recipe.yaml"
-LM_HEAD = "lm_head.weight"
-EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
-# Tensors whose first dimension is the vocabulary: the only ones --allow-vocab-mismatch cuts.
-VOCAB_SUFFIXES = EMBEDDING_SUFFIXES + (LM_HEAD, "embed_out.weight")
 # Copied from the config source next to the weights.
 SIDE_FILES = (
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json",
     "chat_template.jinja", "chat_template.json",
 )
-FLOAT_ST = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-_ST_OF = {v: k for k, v in FLOAT_ST.items()}
 
 
 @dataclass(frozen=True)
@@ -111,18 +107,9 @@ def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePl
     reference = inputs[0]
     out_ties = config_source.tie_word_embeddings
 
-    # Names: every input holds the reference's tensors; lm_head may be absent where tied.
+    check_same_architecture(reference, inputs[1:], vocab_rows_may_differ=allow_vocab_mismatch)
     ref_names = [n for n in sorted(reference.tensors, key=lambda n: (reference.tensors[n].file, reference.tensors[n].offset))
                  if n != LM_HEAD]
-    wanted = set(ref_names)
-    for ckpt in inputs[1:]:
-        names = set(ckpt.tensors) - {LM_HEAD}
-        missing = sorted(wanted - names)
-        if missing:
-            raise MergeError(f"{ckpt.path} has no tensor {missing[0]!r} (present in {reference.path})")
-        extra = sorted(names - wanted)
-        if extra:
-            raise MergeError(f"{ckpt.path} has tensor {extra[0]!r}, which {reference.path} lacks")
     sources_of = {n: tuple(n for _ in inputs) for n in ref_names}
     out_names = list(ref_names)
     if not out_ties:
@@ -158,9 +145,9 @@ def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePl
                 hint = " (--allow-vocab-mismatch merges embeddings over the common rows)" if name.endswith(VOCAB_SUFFIXES) else ""
                 raise MergeError(f"tensor {name!r} is {list(shapes[0])} in {inputs[0].path} but {list(shapes[k])} in {inputs[k].path}{hint}")
         ref_dtype = infos[0].dtype
-        floating = ref_dtype in FLOAT_ST
+        floating = ref_dtype in FLOAT_SAFETENSORS
         if floating:
-            out_dtype = _ST_OF[resolved_out_dtype(recipe, ref_dtype)]
+            out_dtype = safetensors_dtype(resolved_out_dtype(recipe, ref_dtype))
         else:
             out_dtype = ref_dtype
         shape = (rows,) + tuple(shapes[0][1:]) if rows is not None else tuple(shapes[0])
@@ -172,7 +159,7 @@ def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePl
 
 def resolved_out_dtype(recipe: Recipe, reference_st_dtype: str) -> str:
     """--out-dtype when given, else the reference (base) tensor's own dtype."""
-    return recipe.out_dtype or FLOAT_ST[reference_st_dtype]
+    return recipe.out_dtype or SAFETENSORS[reference_st_dtype][0]
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -266,7 +253,6 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             numel *= s
         return numel * len(plan.inputs) * compute.itemsize
 
-    out_dtypes = {st: getattr(torch, name) for st, name in FLOAT_ST.items()}
     if progress is None:
         progress = sys.stderr.isatty()
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"merge ({spec.name})", disable=not progress,
@@ -290,7 +276,7 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                     if not isinstance(merged, torch.Tensor) or tuple(merged.shape) != job.shape:
                         got = tuple(merged.shape) if isinstance(merged, torch.Tensor) else type(merged).__name__
                         raise MergeError(f"operator {spec.name} returned {got} for tensor {job.name!r}, expected {job.shape}")
-                    result = merged.to(dtype=out_dtypes[job.st_dtype]).cpu()
+                    result = merged.to(dtype=torch_dtype(job.st_dtype)).cpu()
                     # Drop this tensor's inputs now, not when the names are next rebound:
                     # the wait for the next tensor would otherwise hold both.
                     del base, models, merged

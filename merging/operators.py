@@ -14,7 +14,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from merging.errors import MergeError
-from merging.registry import OperatorParams, Param, merge_operator
+from merging.spec import OperatorParams, Param, merge_operator
 
 # Cosine above which two vectors are treated as colinear by slerp: sin(omega) is then too
 # small for the spherical formula to be accurate, and lerp is within rounding of it.

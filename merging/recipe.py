@@ -16,24 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from merging.dtypes import canonical_dtype
 from merging.errors import MergeError
 from merging.registry import OperatorSpec, get_operator
-
-# Names accepted for dtypes, mapped to the one spelling the recipe stores.
-DTYPE_NAMES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "float64": "float64", "fp64": "float64", "double": "float64",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-}
-
-
-def canonical_dtype(name: Any, what: str = "dtype") -> str:
-    key = str(name).strip().lower().removeprefix("torch.")
-    if key not in DTYPE_NAMES:
-        raise MergeError(f"unknown {what} {name!r} (use float32, bfloat16, float16 or float64)")
-    return DTYPE_NAMES[key]
-
 
 @dataclass(frozen=True)
 class RecipeModel:
