@@ -40,8 +40,34 @@ def _normalize(default: bool) -> Param:
     return Param("normalize", default, type="bool", help="divide by the sum of the weights")
 
 
-def _rescale() -> Param:
-    return Param("rescale", True, type="bool", help="divide kept entries by their keep probability")
+def _rescale(default: bool) -> Param:
+    return Param("rescale", default, type="bool",
+                 help="after dropping, scale the delta back to its L1 norm (or by 1/p with rescale_inverse_p)")
+
+
+def _rescale_inverse_p() -> Param:
+    return Param("rescale_inverse_p", False, type="bool",
+                 help="rescale as the papers do: each kept entry divided by its keep probability")
+
+
+def _int8_mask() -> Param:
+    # Accepted for recipe compatibility: it sets the dtype of an intermediate sign mask,
+    # which here is boolean throughout, so it changes no value.
+    return Param("int8_mask", False, type="bool", help="accepted; masks are boolean here (no effect on values)")
+
+
+def _gamma() -> Param:
+    return Param("gamma", 0.01, per_model=True, minimum=0.0, maximum=1.0, help="share of largest |delta| dropped")
+
+
+def _epsilon() -> Param:
+    return Param("epsilon", 0.15, per_model=True, minimum=0.0, maximum=1.0,
+                 help="spread of keep probabilities around density")
+
+
+# Below this |sum of weights| a normalizing division is skipped (divisor 1), as the merge
+# toolkits do for task-arithmetic methods.
+WEIGHT_SUM_EPS = 1e-8
 
 
 def _weights_nonzero(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> None:
@@ -54,6 +80,15 @@ def _density_positive(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]])
     """DARE divides kept entries by density; zero would keep nothing and divide by zero."""
     if any(m["density"] <= 0 for m in models):
         raise MergeError("density must be > 0 for random dropping")
+
+
+def _della_band(g: Mapping[str, Any], models: Sequence[Mapping[str, Any]]) -> None:
+    """MagPrune's keep probabilities run from density - epsilon to density + epsilon; both
+    ends must be real probabilities (as in the merge toolkits, which refuse otherwise)."""
+    for m in models:
+        if m["density"] < 1 and not (0 < m["density"] - m["epsilon"] and m["density"] + m["epsilon"] < 1):
+            raise MergeError(f"density +- epsilon must lie inside (0, 1), got density {m['density']} "
+                             f"and epsilon {m['epsilon']}")
 
 
 # -- building blocks -----------------------------------------------------------------------
@@ -120,24 +155,48 @@ def top_k_mask(magnitude, k: int):
     return mask.view(magnitude.shape)
 
 
+def trim_count(density: float, n: int) -> int:
+    """How many entries TIES trimming keeps: int(density * n), but at least one when
+    density > 0 (as the merge toolkits do), none when density <= 0."""
+    if density <= 0 or n == 0:
+        return 0
+    return max(1, int(density * n))
+
+
 def trim_magnitude(delta, density: float):
-    """TIES trimming: keep the top int(density * numel) entries of |delta|, zero the rest."""
-    k = int(density * delta.numel())
-    if k >= delta.numel():
+    """TIES trimming: keep the top trim_count(density) entries of |delta|, zero the rest."""
+    if density >= 1:
         return delta
-    return delta * top_k_mask(delta.abs(), k)
+    return delta * top_k_mask(delta.abs(), trim_count(density, delta.numel()))
 
 
 def breadcrumbs_mask(delta, density: float, gamma: float):
-    """Drop the largest int(gamma*numel) |delta| entries and keep the next int(density*numel)."""
+    """Keep int(density*numel) entries of |delta|: the largest below the top int(gamma*numel).
+
+    When density + gamma > 1 the density wins: fewer of the largest are dropped so that the
+    kept count stays int(density*numel) (the merge toolkits' rule)."""
+    import torch
+
     n = delta.numel()
-    top = int(gamma * n)
-    keep = min(int(density * n), n - top)
+    if density >= 1:
+        return torch.ones_like(delta, dtype=torch.bool)
+    keep = int(density * n)
+    top = min(int(gamma * n), n - keep)
     magnitude = delta.abs()
     mask = top_k_mask(magnitude, top + keep)
     if top > 0:
         mask &= ~top_k_mask(magnitude, top)
     return mask
+
+
+def l1_rescaled(original, masked, eps: float = 1e-7):
+    """masked scaled so its L1 norm equals original's: the merge toolkits' DARE/DELLA rescale.
+    Left as is when either norm is below eps (nothing to match)."""
+    before = float(original.abs().sum())
+    after = float(masked.abs().sum())
+    if before < eps or after < eps:
+        return masked
+    return masked.mul_(before / after)
 
 
 def generator_for(params: OperatorParams, model_index: int, device):
@@ -152,23 +211,30 @@ def generator_for(params: OperatorParams, model_index: int, device):
     return g
 
 
-def dare_drop(delta, density: float, rescale: bool, generator):
-    """Keep each entry with probability density; kept entries scaled by 1/density."""
+def dare_drop(delta, density: float, rescale: bool, generator, inverse_p: bool = False):
+    """Keep each entry with probability density. rescale: the kept delta is scaled back to
+    the L1 norm of the whole delta (default, as mergekit), or each kept entry divided by
+    density when inverse_p (the DARE paper)."""
     import torch
 
     if density >= 1.0:
         return delta
     keep = torch.rand(delta.shape, generator=generator, device=delta.device, dtype=delta.dtype) < density
     out = delta * keep
-    return out / density if rescale else out
+    if not rescale:
+        return out
+    return out.div_(density) if inverse_p else l1_rescaled(delta, out)
 
 
-def della_drop(delta, density: float, epsilon: float, rescale: bool, generator):
+def della_drop(delta, density: float, epsilon: float, rescale: bool, generator, inverse_p: bool = False):
     """MagPrune: in each row the keep probability rises linearly with the rank of |delta|,
-    from density - epsilon (smallest) to density + epsilon (largest), clipped to [0, 1];
-    kept entries are divided by their own probability."""
+    from density - epsilon (smallest) to density + epsilon (largest), clipped to [0, 1].
+    rescale: the kept delta scaled back to the whole delta's L1 norm (default, as
+    mergekit), or each kept entry divided by its own probability when inverse_p (the paper)."""
     import torch
 
+    if density >= 1.0:
+        return delta
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(-1, delta.shape[-1])
     n = rows.shape[-1]
     if n > 1:
@@ -181,10 +247,12 @@ def della_drop(delta, density: float, epsilon: float, rescale: bool, generator):
         p = torch.full_like(rows, density)
     p = p.clamp_(0.0, 1.0)
     keep = torch.rand(rows.shape, generator=generator, device=rows.device, dtype=rows.dtype) < p
-    if rescale:
+    if rescale and inverse_p:
         out = torch.where(keep, rows / p.clamp(min=torch.finfo(rows.dtype).tiny), torch.zeros_like(rows))
     else:
         out = rows * keep
+        if rescale:
+            out = l1_rescaled(rows, out)
     return out.view(delta.shape)
 
 
@@ -245,26 +313,27 @@ def _ties_slice(deltas, weights, normalize, out) -> None:
         out.div_(divisor.masked_fill_(nothing, 1.0)).masked_fill_(nothing, 0.0)
 
 
-def trimmed_deltas(base, tensors, densities: Sequence[float]) -> list:
-    """tau_i trimmed to the top int(density_i * numel) magnitudes, as fresh tensors."""
+def trimmed_deltas(base, tensors, densities: Sequence[float], rescale: bool = False) -> list:
+    """tau_i trimmed to the top trim_count(density_i) magnitudes, as fresh tensors
+    (rescale: scaled back to the untrimmed delta's L1 norm)."""
     out = []
     for t, density in zip(tensors, densities):
         delta = t - base
-        k = int(density * delta.numel())
-        if k < delta.numel():
-            delta.mul_(top_k_mask(delta.abs(), k))
+        if density < 1:
+            mask = top_k_mask(delta.abs(), trim_count(density, delta.numel()))
+            delta = l1_rescaled(delta, delta * mask) if rescale else delta.mul_(mask)
         out.append(delta)
     return out
 
 
 def weighted_delta_sum(deltas, weights: Sequence[float], normalize: bool):
-    """sum_i w_i delta_i, divided by sum_i w_i when normalize."""
+    """sum_i w_i delta_i, divided by sum_i w_i when normalize (skipped when that sum is ~0)."""
     import torch
 
     total = torch.zeros_like(deltas[0])
     for d, w in zip(deltas, weights):
         total.add_(d, alpha=w)
-    if normalize:
+    if normalize and abs(sum(weights)) >= WEIGHT_SUM_EPS:
         total /= sum(weights)
     return total
 
@@ -298,8 +367,13 @@ def linear_merge(base, tensors, params):
     return out
 
 
-@merge_operator("task_arithmetic", [_weight(), _lambda(), _normalize(False)], min_models=1,
-                checks=(_weights_nonzero,),
+def _gta_params(*, density: bool, normalize: bool, rescale: bool, extra=()) -> list:
+    """The parameters every task-arithmetic-family operator takes, with its own defaults."""
+    params = [_weight()] + ([_density()] if density else []) + list(extra)
+    return params + [_lambda(), _normalize(normalize), _rescale(rescale), _rescale_inverse_p(), _int8_mask()]
+
+
+@merge_operator("task_arithmetic", _gta_params(density=False, normalize=False, rescale=False), min_models=1,
                 description="theta_0 + lambda * sum w_i tau_i (divided by sum w_i when normalize)")
 def task_arithmetic_merge(base, tensors, params):
     deltas = [t - base for t in tensors]
@@ -307,17 +381,17 @@ def task_arithmetic_merge(base, tensors, params):
                   params["lambda"])
 
 
-@merge_operator("ties", [_weight(), _density(), _lambda(), _normalize(True)], min_models=1,
+@merge_operator("ties", _gta_params(density=True, normalize=True, rescale=False), min_models=1,
                 description="TIES: trim deltas to top density by magnitude, elect signs, disjoint mean")
 def ties_merge(base, tensors, params):
-    deltas = trimmed_deltas(base, tensors, params["density"])
+    deltas = trimmed_deltas(base, tensors, params["density"], params["rescale"])
     return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
                   params["lambda"])
 
 
-@merge_operator("dare_ties", [_weight(), _density(), _lambda(), _normalize(True), _rescale()],
+@merge_operator("dare_ties", _gta_params(density=True, normalize=False, rescale=True),
                 min_models=1, randomized=True, checks=(_density_positive,),
-                description="DARE random drop (keep prob. density, rescale 1/density) + TIES sign election")
+                description="DARE random drop (keep prob. density, L1 rescale) + TIES sign election")
 def dare_ties_merge(base, tensors, params):
     return _apply(base, ties_combine(_dare_deltas(base, tensors, params), _column(params, "weight"),
                                      params["normalize"]), params["lambda"])
@@ -325,23 +399,20 @@ def dare_ties_merge(base, tensors, params):
 
 def _dare_deltas(base, tensors, params):
     """Each model's delta with entries dropped at random (keep prob. density), seeded per model."""
-    return [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device))
+    return [dare_drop(t - base, d, params["rescale"], generator_for(params, i, t.device), params["rescale_inverse_p"])
             for i, (t, d) in enumerate(zip(tensors, params["density"]))]
 
 
-@merge_operator("dare_linear", [_weight(), _density(), _lambda(), _normalize(False), _rescale()],
-                min_models=1, randomized=True, checks=(_density_positive, _weights_nonzero),
-                description="DARE random drop (keep prob. density, rescale 1/density) + task arithmetic")
+@merge_operator("dare_linear", _gta_params(density=True, normalize=False, rescale=True),
+                min_models=1, randomized=True, checks=(_density_positive,),
+                description="DARE random drop (keep prob. density, L1 rescale) + task arithmetic")
 def dare_linear_merge(base, tensors, params):
     return _apply(base, weighted_delta_sum(_dare_deltas(base, tensors, params), _column(params, "weight"),
                                            params["normalize"]), params["lambda"])
 
 
-_GAMMA = Param("gamma", 0.01, minimum=0.0, maximum=1.0, help="share of largest |delta| dropped")
-
-
-@merge_operator("breadcrumbs", [_weight(), _density(0.9), _GAMMA, _lambda(), _normalize(False)],
-                min_models=1, checks=(_weights_nonzero,),
+@merge_operator("breadcrumbs", _gta_params(density=True, normalize=False, rescale=False, extra=[_gamma()]),
+                min_models=1,
                 description="Model Breadcrumbs: drop the top gamma and keep the next density of |tau|; task arithmetic")
 def breadcrumbs_merge(base, tensors, params):
     return _apply(base, weighted_delta_sum(_breadcrumbs_deltas(base, tensors, params), _column(params, "weight"),
@@ -349,33 +420,41 @@ def breadcrumbs_merge(base, tensors, params):
 
 
 def _breadcrumbs_deltas(base, tensors, params):
-    """Each model's delta with its largest `gamma` share and all but the next `density` share dropped."""
+    """Each model's delta keeping its `density` share of magnitudes below the top `gamma` share."""
     deltas = []
-    for t, d in zip(tensors, params["density"]):
+    for t, d, g in zip(tensors, params["density"], params["gamma"]):
         delta = t - base
-        deltas.append(delta * breadcrumbs_mask(delta, d, params["gamma"]))
+        masked = delta * breadcrumbs_mask(delta, d, g)
+        deltas.append(l1_rescaled(delta, masked) if params["rescale"] else masked)
     return deltas
 
 
-@merge_operator("breadcrumbs_ties",
-                [_weight(), _density(0.9), _GAMMA, _lambda(), _normalize(True)], min_models=1,
-                description="Model Breadcrumbs masks combined with TIES sign election")
+@merge_operator("breadcrumbs_ties", _gta_params(density=True, normalize=False, rescale=False, extra=[_gamma()]),
+                min_models=1, description="Model Breadcrumbs masks combined with TIES sign election")
 def breadcrumbs_ties_merge(base, tensors, params):
     return _apply(base, ties_combine(_breadcrumbs_deltas(base, tensors, params), _column(params, "weight"),
                                      params["normalize"]), params["lambda"])
 
 
-@merge_operator("della",
-                [_weight(), _density(), Param("epsilon", 0.15, minimum=0.0, maximum=1.0,
-                                              help="spread of keep probabilities around density"),
-                 _lambda(), _normalize(True), _rescale()],
-                min_models=1, randomized=True,
+def _della_deltas(base, tensors, params):
+    return [della_drop(t - base, d, e, params["rescale"], generator_for(params, i, t.device), params["rescale_inverse_p"])
+            for i, (t, d, e) in enumerate(zip(tensors, params["density"], params["epsilon"]))]
+
+
+@merge_operator("della", _gta_params(density=True, normalize=True, rescale=True, extra=[_epsilon()]),
+                min_models=1, randomized=True, checks=(_density_positive, _della_band),
                 description="DELLA: magnitude-ranked keep probabilities per row, rescale, TIES sign election")
 def della_merge(base, tensors, params):
-    deltas = [della_drop(t - base, d, params["epsilon"], params["rescale"], generator_for(params, i, t.device))
-              for i, (t, d) in enumerate(zip(tensors, params["density"]))]
-    return _apply(base, ties_combine(deltas, _column(params, "weight"), params["normalize"]),
-                  params["lambda"])
+    return _apply(base, ties_combine(_della_deltas(base, tensors, params), _column(params, "weight"),
+                                     params["normalize"]), params["lambda"])
+
+
+@merge_operator("della_linear", _gta_params(density=True, normalize=False, rescale=True, extra=[_epsilon()]),
+                min_models=1, randomized=True, checks=(_density_positive, _della_band),
+                description="DELLA drop (magnitude-ranked keep probabilities) + task arithmetic, no sign election")
+def della_linear_merge(base, tensors, params):
+    return _apply(base, weighted_delta_sum(_della_deltas(base, tensors, params), _column(params, "weight"),
+                                           params["normalize"]), params["lambda"])
 
 
 @merge_operator("slerp", [Param("t", 0.5, help="0 gives the first endpoint, 1 the second")],
