@@ -476,22 +476,218 @@ def slerp_merge(base, tensors, params):
     return (math.sin((1.0 - t) * omega) / s) * a + (math.sin(t * omega) / s) * b
 
 
-@merge_operator("model_stock", [], min_models=2,
+@merge_operator("model_stock", [Param("filter_wise", False, type="bool",
+                                       help="one ratio per row instead of one per tensor")], min_models=2,
                 description="Model Stock: t = N c / (1 + (N-1) c) from the mean pairwise cosine c of the deltas")
 def model_stock_merge(base, tensors, params):
     import torch
 
-    deltas = [(t - base).reshape(-1) for t in tensors]
-    norms = [float(torch.linalg.vector_norm(d)) for d in deltas]
+    shape = base.shape
+    if params.get("filter_wise"):
+        # One ratio per row (the last dimension is the filter's inputs).
+        w0 = base.unsqueeze(0) if base.dim() == 1 else base
+        ws = [t.unsqueeze(0) if t.dim() == 1 else t for t in tensors]
+    else:
+        w0, ws = base.reshape(-1), [t.reshape(-1) for t in tensors]
+    deltas = [w - w0 for w in ws]
     n = len(deltas)
     cosines = []
     for i in range(n):
         for j in range(i + 1, n):
-            # A zero delta has no direction; count it as orthogonal.
-            denom = norms[i] * norms[j]
-            cosines.append(float(torch.dot(deltas[i], deltas[j])) / denom if denom > 0 else 0.0)
-    c = sum(cosines) / len(cosines)
-    denominator = 1.0 + (n - 1) * c
-    ratio = n * c / denominator if denominator != 0 else 0.0
-    mean = torch.stack(tensors).mean(dim=0)
-    return ratio * mean + (1.0 - ratio) * base
+            # A zero delta has no direction: its cosine is 0 (the norm product is floored).
+            denom = (torch.linalg.vector_norm(deltas[i], dim=-1) * torch.linalg.vector_norm(deltas[j], dim=-1))
+            cosines.append(((deltas[i] * deltas[j]).sum(dim=-1) / denom.clamp(min=1e-6)).clamp(-1, 1))
+    c = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    denominator = 1 + (n - 1) * c
+    # Where the denominator vanishes there is no finite estimate: keep the base there.
+    singular = denominator.abs() < 1e-6
+    ratio = torch.where(singular, torch.zeros_like(c), n * c / torch.where(singular, torch.ones_like(c), denominator))
+    mean = sum(ws) / n
+    return (ratio * mean + (1 - ratio) * w0).reshape(shape)
+
+
+def _sign_consensus(deltas):
+    """Boolean masks: entry of delta_i counts when its sign equals the sign of sum_i delta_i
+    (zero sums elect +; zero entries never count)."""
+    import torch
+
+    total = deltas.sum(dim=0)
+    elected = torch.where(total >= 0, 1.0, -1.0).to(deltas.dtype)
+    return deltas.sign() == elected
+
+
+@merge_operator("sce", [Param("select_topk", 1.0, minimum=0.0, maximum=1.0,
+                              help="share of entries kept, those whose deltas vary most across models"),
+                        _int8_mask()],
+                min_models=1, description="SCE: select high-variance entries, weight models by mean squared delta, "
+                                          "elect signs, erase disagreeing entries")
+def sce_merge(base, tensors, params):
+    import torch
+
+    deltas = torch.stack([t - base for t in tensors])
+    topk = params["select_topk"]
+    if topk < 1:
+        variance = deltas.var(dim=0, unbiased=False)
+        k = int(int(torch.count_nonzero(variance)) * topk)
+        deltas = deltas * top_k_mask(variance.abs(), k).to(deltas.dtype)
+    keep = _sign_consensus(deltas)
+    energy = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1)
+    total = float(energy.sum())
+    weights = torch.full_like(energy, 1.0 / len(tensors)) if abs(total) < 1e-6 else energy / total
+    weights = weights.view(-1, *([1] * base.dim()))
+    counted = weights * keep
+    merged = (deltas * counted).sum(dim=0) / counted.sum(dim=0).clamp(min=1e-6)
+    return base + merged
+
+
+@merge_operator("nearswap", [Param("t", None, minimum=0.0, help="distance scale: |a-b| below t takes the model's value")],
+                min_models=1, max_models=1,
+                description="NearSwap: w = clamp(t / |base - model|, 0, 1); base + w (model - base)")
+def nearswap_merge(base, tensors, params):
+    other = tensors[0]
+    weight = (params["t"] / (base - other).abs().clamp(min=1e-6)).clamp(0.0, 1.0)
+    return weight * other + (1 - weight) * base
+
+
+def exact_quantile(flat, q: float):
+    """The entry at position floor(q * (n-1)) of the sorted values."""
+    index = int(q * (flat.numel() - 1))
+    return flat.kthvalue(index + 1).values
+
+
+@merge_operator("arcee_fusion", [], min_models=1, max_models=1,
+                description="Arcee Fusion: take the model's entries whose |delta| x KL(softmax rows) is an upper outlier")
+def arcee_fusion_merge(base, tensors, params):
+    import torch
+
+    model = tensors[0]
+    eps = 1e-8
+    p = torch.softmax(model, dim=-1) + eps
+    q = torch.softmax(base, dim=-1) + eps
+    kl = (p * (p / q).log()).sum(dim=-1, keepdim=True)
+    importance = (model - base).abs() * kl
+    flat = importance.reshape(-1)
+    # Exact quartiles (mergekit samples 1M entries with replacement above that size).
+    q1, median, q3 = (exact_quantile(flat, x) for x in (0.25, 0.5, 0.75))
+    threshold = median + 1.5 * (q3 - q1)
+    return base + (model - base) * (importance >= threshold).to(base.dtype)
+
+
+@merge_operator("passthrough", [Param("scale", 1.0, per_model=True, help="factor applied to the tensor")],
+                base="unused", min_models=1, max_models=1,
+                description="passthrough: one model's tensor (times scale); with slices, stacks layers")
+def passthrough_merge(base, tensors, params):
+    scale = params["scale"][0]
+    return tensors[0] if scale == 1.0 else tensors[0] * scale
+
+
+def spherical_interpolation(t: float, v0, v1, *, dim: int = -1, flatten: bool = True, eps: float = 1e-8):
+    """slerp of v0 and v1 along `dim` (each slice along it its own pair of vectors), or of the
+    flattened tensors; lerp where the vectors are (anti)colinear."""
+    import torch
+
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif dim != -1:
+        v0, v1 = v0.transpose(dim, -1), v1.transpose(dim, -1)
+    u0 = v0 / torch.linalg.vector_norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.linalg.vector_norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = (u0 * u1).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
+    spherical = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, spherical)
+    if dim != -1 and not flatten:
+        out = out.transpose(dim, -1)
+    return out.reshape(shape)
+
+
+@merge_operator("nuslerp", [_weight(), Param("nuslerp_row_wise", False, type="bool", help="slerp each column"
+                                                                                                  " (rows of dim 0)"),
+                            Param("nuslerp_flatten", True, type="bool", help="slerp the flattened tensors")],
+                base="optional", min_models=2, max_models=2,
+                description="slerp of two models (or of their deltas from the base) at t = w2 / (w1 + w2)")
+def nuslerp_merge(base, tensors, params):
+    w = params["weight"]
+    total = w[0] + w[1]
+    t = 0.5 if abs(total) < 1e-6 else w[1] / total
+    dim = 0 if params["nuslerp_row_wise"] else -1
+    flatten = params["nuslerp_flatten"]
+    if base is None:
+        return spherical_interpolation(t, tensors[0], tensors[1], dim=dim, flatten=flatten)
+    return base + spherical_interpolation(t, tensors[0] - base, tensors[1] - base, dim=dim, flatten=flatten)
+
+
+@merge_operator("multislerp", [_weight(), Param("normalize_weights", True, type="bool", help="weights divided by their sum"),
+                               Param("eps", 1e-8, minimum=0.0, help="guard against division by zero")],
+                base="optional", min_models=1,
+                description="barycentric interpolation on the hypersphere (tangent space at the weighted mean)")
+def multislerp_merge(base, tensors, params):
+    import torch
+
+    if len(tensors) == 1:
+        return tensors[0].clone()
+    eps = params["eps"]
+    stacked = torch.stack(tensors)
+    if base is not None:
+        stacked = stacked - base
+    flat = stacked.reshape(len(tensors), -1)
+    weights = torch.tensor(params["weight"], dtype=flat.dtype, device=flat.device)
+    if params["normalize_weights"]:
+        weights = weights / weights.sum()
+    norms = torch.linalg.vector_norm(flat, dim=-1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * weights.view(-1, 1)).sum(0)
+    mean_norm = torch.linalg.vector_norm(mean)
+    if mean_norm < eps:
+        if len(tensors) != 2:
+            raise MergeError("multislerp: the weighted mean direction is zero (opposite models with balanced weights)")
+        out = (flat[0] * weights[0] + flat[1] * weights[1]).view(base.shape if base is not None else tensors[0].shape)
+        return out + base if base is not None else out
+    mean = mean / mean_norm
+    tangents = units - (units * mean).sum(-1, keepdim=True) * mean
+    tangent = (tangents * weights.view(-1, 1)).sum(0)
+    length = torch.linalg.vector_norm(tangent) + eps
+    out = mean * torch.cos(length) + tangent * (torch.sin(length) / length)
+    out = (out * (norms.squeeze(-1) * weights).sum()).view(tensors[0].shape)
+    return out + base if base is not None else out
+
+
+@merge_operator("karcher", [Param("max_iter", 10, type="int", minimum=1, help="iterations of the Riemannian mean"),
+                            Param("tol", 1e-5, minimum=0.0, help="stop when the tangent step is below this")],
+                base="unused", min_models=1,
+                description="Karcher (Riemannian) mean of the models' directions, scaled by their mean norm")
+def karcher_merge(base, tensors, params):
+    import torch
+
+    n = len(tensors)
+    if n == 1:
+        return tensors[0].clone()
+    tol, alphas = params["tol"], [1.0 / n] * n
+    norms = [torch.linalg.vector_norm(t) for t in tensors]
+    units = [torch.zeros_like(t) if float(m) == 0.0 else t / m for t, m in zip(tensors, norms)]
+    valid = [i for i, m in enumerate(norms) if float(m) > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    weights = [alphas[i] / sum(alphas[j] for j in valid) for i in valid]
+    points = [units[i] for i in valid]
+    mean = sum(w * u for w, u in zip(weights, points))
+    length = torch.linalg.vector_norm(mean)
+    mean = points[0].clone() if float(length) < tol else mean / length
+    for _ in range(params["max_iter"]):
+        tangent = torch.zeros_like(mean)
+        for w, u in zip(weights, points):
+            dot = torch.clamp(torch.dot(mean.reshape(-1), u.reshape(-1)), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if float(theta) < tol:
+                continue
+            tangent += w * (theta / torch.sin(theta)) * (u - dot * mean)
+        step = torch.linalg.vector_norm(tangent)
+        if float(step) < tol:
+            break
+        mean = torch.cos(step) * mean + torch.sin(step) * (tangent / step)
+        length = torch.linalg.vector_norm(mean)
+        if float(length) > tol:
+            mean = mean / length
+    return sum(a * m for a, m in zip(alphas, norms)) * mean

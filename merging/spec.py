@@ -44,7 +44,10 @@ class Param:
             raise ValueError(f"parameter {self.name!r}: type must be one of {sorted(PARAM_TYPES)}")
 
     def coerce(self, value: Any, where: str) -> Any:
-        """Check one value against this declaration; return it in its declared type."""
+        """Check one value against this declaration; return it in its declared type.
+        A parameter declared with default None is required."""
+        if value is None:
+            raise MergeError(f"{where}: {self.name} is required (it has no default)")
         if self.type == "bool":
             if isinstance(value, bool):
                 return value
