@@ -403,8 +403,20 @@ def test_recipe_slerp_with_base_among_models():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("merge_method: ties\nslices: []\n", "slices"),
-    ("merge_method: ties\nmodels: [{model: a, parameters: {weight: [{filter: mlp, value: 1}]}}]\n", "per-tensor filters"),
+    ("merge_method: ties\nslices: []\n", "no models given"),
+    ("merge_method: ties\nbase_model: b\nmodels: 5\n", "models must be a list"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, weigth: 1}]\n", "models[0]: unknown key 'weigth'"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {weigth: 1}}]\n", "unknown parameter 'weigth'"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {lambda: 1}}]\n", "lambda is a global parameter"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {weight: [{filter: mlp, valeu: 1}]}}]\n",
+     "unknown key 'valeu'"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {density: [0.5, 1.5]}}]\n", "density must be <= 1.0"),
+    ("merge_method: ties\nbase_model: b\nmodules: {}\nmodels: [{model: a}]\n", "'modules'"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
+     "{model: c, layer_range: [0, 3]}]}]\n", "same number of layers"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 'x']}]}]\n", "layer_range"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
+     "models or slices"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nfoo: 1\n", "unknown key 'foo'"),
     ("merge_method: ties\nmodels: [{model: a}]\ndtype: int4\n", "unknown dtype"),
     ("merge_method: ties\nmodels: [{model: a}]\n", "needs a base model"),
