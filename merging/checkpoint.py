@@ -6,6 +6,7 @@ one at a time, through safetensors' own reader.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -65,19 +66,33 @@ def read_header(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: corrupt safetensors header")
     metadata = header.pop("__metadata__", None) or {}
     data_size = size - 8 - n
+    spans = []
     for name, info in header.items():
         try:
             begin, end = info["data_offsets"]
             nbytes = DTYPE_BYTES[info["dtype"]]
+            shape = info["shape"]
+            # Whole numbers only: "12" or 1.5 would be read as something else by another
+            # reader, so they are refused as the safetensors library refuses them.
+            if not all(type(x) is int for x in (begin, end, *shape)):
+                raise TypeError
             numel = 1
-            for s in info["shape"]:
-                numel *= int(s)
+            for s in shape:
+                numel *= s
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r}") from None
+        if begin < 0 or end < begin or any(s < 0 for s in shape):
+            raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r} (negative offsets or shape)")
         if end > data_size:
             raise CheckpointError(f"{path}: truncated (tensor {name!r} ends past the end of the file)")
         if end - begin != numel * nbytes:
             raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r} (size does not match shape)")
+        spans.append((begin, end, name))
+    # Tensors may not share bytes: the safetensors library refuses overlapping entries.
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensors {n0!r} and {n1!r} overlap)")
     return header, metadata
 
 
@@ -86,6 +101,13 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        try:
+            os.stat(self.path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CheckpointError(f"{self.path}: a symlink loop, not a folder") from None
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise CheckpointError(f"{self.path}: cannot open ({e.strerror or e})") from None
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such folder")
         if not self.path.is_dir():
@@ -123,9 +145,14 @@ class Checkpoint:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
                 raise CheckpointError(f"{index}: corrupt index (no weight_map)") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index}: corrupt index (weight_map must map names to file names)")
             self._index_map = dict(weight_map)
             files = sorted(set(weight_map.values()))
             for f in files:
+                # Shards live in the folder itself: no separators, no '..', nothing absolute.
+                if f in ("", ".", "..") or "/" in f or "\\" in f or os.path.isabs(f):
+                    raise CheckpointError(f"{index}: shard {f!r} is outside the model folder")
                 if not (self.path / f).is_file():
                     raise CheckpointError(f"{self.path}: shard {f} named in the index is missing")
             return files
