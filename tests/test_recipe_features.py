@@ -202,3 +202,46 @@ def test_tokenizer_source_takes_files_from_that_model(zoo, tmp_path):
 def test_arms_take_every_operator_with_its_parameters():
     assert validate_params("sce", {"select_topk": 0.5}, 2)["select_topk"] == 0.5
     assert validate_params("della_linear", {"density": 0.5, "epsilon": [0.1, 0.2]}, 2)["epsilon"] == [0.1, 0.2]
+
+
+def test_multi_document_recipe_with_named_intermediates(zoo, tmp_path):
+    from merging.multi import run_recipe_file
+
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        merge_method: linear
+        models: [{{model: step1, parameters: {{weight: 0.5}}}}, {{model: {zoo['b']}, parameters: {{weight: 0.5}}}}]
+        ---
+        name: step1
+        merge_method: task_arithmetic
+        base_model: {zoo['base']}
+        models: [{{model: {zoo['a']}, parameters: {{weight: 2.0}}}}]
+        """))
+    out = tmp_path / "final"
+    run_recipe_file(recipe, out, device="cpu", progress=False)
+    base, a, b, got = (load_tensors(p) for p in (zoo["base"], zoo["a"], zoo["b"], out))
+    for name in got:
+        step1 = base[name] + 2.0 * (a[name] - base[name])
+        assert torch.allclose(got[name], 0.5 * step1 + 0.5 * b[name], atol=1e-6), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "multi.yaml"]  # intermediates removed
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nmerge_method: linear\nmodels: [{model: y}]\n---\nname: y\nmerge_method: linear\nmodels: [{model: x}]\n",
+     "circular reference"),
+    ("name: x\nmerge_method: linear\nmodels: [{model: a}]\n---\nname: x\nmerge_method: linear\nmodels: [{model: b}]\n",
+     "used by two documents"),
+    ("merge_method: linear\nmodels: [{model: a}]\n---\nmerge_method: linear\nmodels: [{model: b}]\n",
+     "more than one document without a name"),
+    ("merge_method: linear\nmodels: [{model: a}]\n---\nname: x\nmerge_method: linear\nmodels: [{model: a, wieght: 1}]\n",
+     "document 2: recipe: models[0]: unknown key 'wieght'"),
+])
+def test_multi_document_errors_before_any_work(tmp_path, text, message):
+    from merging.multi import run_recipe_file
+
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text(text)
+    with pytest.raises(MergeError) as e:
+        run_recipe_file(recipe, tmp_path / "out", device="cpu", progress=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.yaml"]
