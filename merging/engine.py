@@ -345,6 +345,7 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
     spec = plan.resolved.spec
     fn = spec.function
     jobs = plan.jobs
+    native = spec.native_inputs
 
     def load(job: TensorJob) -> list:
         tensors = []
@@ -353,7 +354,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             if job.rows is not None:
                 t = t[: job.rows]
             if job.floating:
-                t = t.to(device=dev, dtype=compute)
+                # A native-input operator converts slice by slice itself.
+                t = t.to(device=dev) if native else t.to(device=dev, dtype=compute)
             tensors.append(t)
             if not job.floating:
                 break  # copied from the first input only
@@ -384,11 +386,12 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                         base, models = tensors[0], tensors[1:]
                     else:
                         base, models = None, tensors
-                    merged = fn(base, models, OperatorParams(job.params, job.name, seed))
+                    out_dtype = torch_dtype(job.st_dtype)
+                    merged = fn(base, models, OperatorParams(job.params, job.name, seed, compute, out_dtype))
                     if not isinstance(merged, torch.Tensor) or tuple(merged.shape) != job.shape:
                         got = tuple(merged.shape) if isinstance(merged, torch.Tensor) else type(merged).__name__
                         raise MergeError(f"operator {spec.name} returned {got} for tensor {job.name!r}, expected {job.shape}")
-                    result = merged.to(dtype=torch_dtype(job.st_dtype)).cpu()
+                    result = merged.to(dtype=out_dtype).cpu()
                     # Drop this tensor's inputs now, not when the names are next rebound:
                     # the wait for the next tensor would otherwise hold both.
                     del base, models, merged

@@ -351,20 +351,48 @@ def _column(params: Mapping[str, Any], name: str) -> list:
 
 # -- operators -----------------------------------------------------------------------------
 
+# Elements per slice of the chunked linear merge: small enough that a slice of every input
+# and the accumulator stay in cache, large enough that per-slice Python overhead is noise.
+LINEAR_CHUNK = 1 << 17
+
+
 @merge_operator("linear", [_weight(), _normalize(True)], base="unused", min_models=1,
-                checks=(_weights_nonzero,), description="weighted average: sum w_i theta_i / sum w_i")
+                checks=(_weights_nonzero,), native_inputs=True,
+                description="weighted average: sum w_i theta_i / sum w_i")
 def linear_merge(base, tensors, params):
+    """sum_i w_i theta_i (divided by sum_i w_i when normalize), computed in the compute
+    dtype. Inputs may come in their stored dtype: each slice of LINEAR_CHUNK entries is
+    converted, accumulated and converted to the output dtype while it is in cache, with
+    the same elementwise operations (so the same rounding) as on whole float32 tensors."""
     import torch
 
     weights = _column(params, "weight")
-    # Started from the first product rather than from zeros: one pass fewer over memory,
-    # and the same rounding (0 + w*t is w*t).
-    out = torch.mul(tensors[0], weights[0])
-    for t, w in zip(tensors[1:], weights[1:]):
-        out.add_(t, alpha=w)
-    if params["normalize"]:
-        out /= sum(weights)
-    return out
+    compute = getattr(params, "compute_dtype", None) or tensors[0].dtype
+    out_dtype = getattr(params, "out_dtype", None) or compute
+    divisor = sum(weights) if params["normalize"] else None
+    flats = [t.reshape(-1) for t in tensors]
+    n = flats[0].numel()
+    result = torch.empty(n, dtype=out_dtype, device=flats[0].device)
+    own = out_dtype != compute
+    acc_buffer = torch.empty(min(n, LINEAR_CHUNK), dtype=compute, device=result.device) if own else None
+    tmp_buffer = None
+    for start in range(0, n, LINEAR_CHUNK):
+        stop = min(n, start + LINEAR_CHUNK)
+        acc = acc_buffer[: stop - start] if own else result[start:stop]
+        acc.copy_(flats[0][start:stop])
+        acc.mul_(weights[0])
+        for flat, w in zip(flats[1:], weights[1:]):
+            piece = flat[start:stop]
+            if piece.dtype != compute:
+                if tmp_buffer is None:
+                    tmp_buffer = torch.empty(min(n, LINEAR_CHUNK), dtype=compute, device=result.device)
+                piece = tmp_buffer[: stop - start].copy_(piece)
+            acc.add_(piece, alpha=w)
+        if divisor is not None:
+            acc.div_(divisor)
+        if own:
+            result[start:stop].copy_(acc)
+    return result.view(tensors[0].shape)
 
 
 def _gta_params(*, density: bool, normalize: bool, rescale: bool, extra=()) -> list:

@@ -95,6 +95,10 @@ class OperatorSpec:
     # Where the function lives, "module:attribute"; loaded only when a merge runs.
     target: str = ""
     randomized: bool = False
+    # True: the operator takes the inputs in their stored dtype and converts them itself
+    # (params.compute_dtype, params.out_dtype), chunk by chunk, which saves whole passes
+    # over memory; False: the engine hands it tensors already in the compute dtype.
+    native_inputs: bool = False
     # Checks across parameters (e.g. weights that sum to zero), run by resolve().
     checks: tuple[Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]]], None], ...] = ()
     _function: Callable | None = field(default=None, compare=False, repr=False)
@@ -190,13 +194,16 @@ class OperatorSpec:
 
 def merge_operator(name: str, params: Iterable[Param] = (), *, base: str = "required",
                    min_models: int = 1, max_models: int | None = None, randomized: bool = False,
-                   checks: Iterable[Callable] = (), description: str = "") -> Callable[[Callable], Callable]:
+                   checks: Iterable[Callable] = (), description: str = "",
+                   native_inputs: bool = False) -> Callable[[Callable], Callable]:
     """Declare a function as a merge operator: its name, parameters and base role.
 
     The function is called as `f(base, tensors, params)`: `base` a float tensor or None,
     `tensors` a list of float tensors of the same shape (one per model, in order),
     `params` an `OperatorParams` dict holding every declared parameter (per-model ones
     as lists in model order) plus `.tensor_name` and `.seed` for seeded randomness.
+    With native_inputs=True the tensors come in their stored dtype (e.g. bfloat16) and the
+    function computes in `params.compute_dtype` and may return `params.out_dtype` directly.
 
         @merge_operator("my_op", [Param("alpha", 0.5)], base="required")
         def my_op(base, tensors, params): ...
@@ -207,7 +214,7 @@ def merge_operator(name: str, params: Iterable[Param] = (), *, base: str = "requ
         spec = OperatorSpec(
             name=name, params=tuple(params), base=base, min_models=min_models,
             max_models=max_models, randomized=randomized, checks=tuple(checks),
-            description=doc,
+            description=doc, native_inputs=native_inputs,
             target=f"{fn.__module__}:{fn.__qualname__}", _function=fn,
         )
         setattr(fn, SPEC_ATTRIBUTE, spec)
@@ -218,9 +225,13 @@ def merge_operator(name: str, params: Iterable[Param] = (), *, base: str = "requ
 
 class OperatorParams(dict):
     """The params handed to an operator: a plain dict of resolved values, plus the tensor's
-    name and the merge seed so random operators can draw reproducibly per tensor."""
+    name and the merge seed so random operators can draw reproducibly per tensor, and the
+    dtypes to compute in and to return (torch dtypes; None: the inputs' own)."""
 
-    def __init__(self, values: Mapping[str, Any], tensor_name: str = "", seed: int = 0):
+    def __init__(self, values: Mapping[str, Any], tensor_name: str = "", seed: int = 0,
+                 compute_dtype: Any = None, out_dtype: Any = None):
         super().__init__(values)
         self.tensor_name = tensor_name
         self.seed = seed
+        self.compute_dtype = compute_dtype
+        self.out_dtype = out_dtype

@@ -486,3 +486,21 @@ def test_ties_sign_election_rounds_each_product():
     deltas = [T(-0.0), T(-0.001953125), T(0.0029296875)]
     got = ops.ties_combine(deltas, [0.5, 0.3, 0.2], normalize=True)
     assert got.item() == pytest.approx(0.0029296875)
+
+
+def test_linear_on_stored_dtypes_is_bit_identical_to_the_float32_formula():
+    # Inputs in bfloat16 and longer than a chunk: the chunked conversion must round exactly
+    # as converting whole tensors to float32 first and the output last.
+    n = ops.LINEAR_CHUNK * 2 + 123
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=g).to(torch.bfloat16) for _ in range(3)]
+    weights = [0.5, 0.3, 0.7]
+    want = tensors[0].float() * weights[0]
+    for t, w in zip(tensors[1:], weights[1:]):
+        want.add_(t.float(), alpha=w)
+    want /= sum(weights)
+    params = validate_params("linear", {"weight": weights}, 3)
+    got = get_operator("linear").function(None, tensors, OperatorParams(params, "w", 0, torch.float32, torch.bfloat16))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
+    got32 = get_operator("linear").function(None, [t.float() for t in tensors], OperatorParams(params, "w"))
+    assert got32.dtype == torch.float32 and torch.equal(got32, want)
