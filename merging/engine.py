@@ -321,7 +321,9 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
             with PartialFolder(out) as tmp:
                 writer = ShardWriter(tmp.path, shards)
                 try:
-                    _stream(plan, writer, dev, compute, recipe.seed, progress, on_tensor)
+                    # mergekit's `dtype` is also what inputs are cast to before the math.
+                    input_dtype = torch_dtype(recipe.dtype) if recipe.dtype is not None else None
+                    _stream(plan, writer, dev, compute, recipe.seed, progress, on_tensor, input_dtype)
                     writer.close()
                     write_side_files(plan, recipe, tmp.path, provenance)
                     tmp.commit(overwrite)
@@ -338,7 +340,7 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
 
 
 def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
-            progress: bool | None, on_tensor: Callable[[str], None] | None) -> None:
+            progress: bool | None, on_tensor: Callable[[str], None] | None, input_dtype=None) -> None:
     import torch
     from tqdm import tqdm
 
@@ -354,6 +356,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             if job.rows is not None:
                 t = t[: job.rows]
             if job.floating:
+                if input_dtype is not None and t.dtype != input_dtype:
+                    t = t.to(dtype=input_dtype)
                 # A native-input operator converts slice by slice itself.
                 t = t.to(device=dev) if native else t.to(device=dev, dtype=compute)
             tensors.append(t)

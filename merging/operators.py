@@ -401,7 +401,15 @@ def _gta_params(*, density: bool, normalize: bool, rescale: bool, extra=()) -> l
     return params + [_lambda(), _normalize(normalize), _rescale(rescale), _rescale_inverse_p(), _int8_mask()]
 
 
-@merge_operator("task_arithmetic", _gta_params(density=False, normalize=False, rescale=False), min_models=1,
+def _ignored_density() -> Param:
+    # mergekit declares density for every task-arithmetic method; plain task arithmetic
+    # drops nothing, so a recipe may give it and it changes nothing (as there).
+    return Param("density", 1.0, per_model=True, minimum=0.0, maximum=1.0,
+                 help="accepted as in mergekit; task arithmetic drops nothing (no effect)")
+
+
+@merge_operator("task_arithmetic", _gta_params(density=False, normalize=False, rescale=False,
+                                               extra=[_ignored_density()]), min_models=1,
                 description="theta_0 + lambda * sum w_i tau_i (divided by sum w_i when normalize)")
 def task_arithmetic_merge(base, tensors, params):
     deltas = [t - base for t in tensors]

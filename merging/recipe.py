@@ -9,8 +9,9 @@ A recipe reads and writes two layouts with one meaning:
   tokenizer_source, chat_template, name. Fields mean what mergekit means: a parameter may
   be a value, a gradient over layers or a list of per-tensor-name filters
   (merging.settings); a model's own parameters win over a slice's, which win over the
-  recipe's; `dtype` is the output dtype unless `out_dtype` is given (the math runs in
-  float32, or float64 when either names float64). A key it does not know is an error.
+  recipe's; `dtype` is the dtype inputs are cast to before the math and the output dtype
+  unless `out_dtype` is given (the math itself runs in float32, or float64 when either
+  names float64). A key it does not know is an error.
 
 `from_arm` builds a recipe from a bandit arm, where a list gives one value per model.
 No torch here: the bandit builds and checks recipes without it.

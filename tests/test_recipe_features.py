@@ -104,6 +104,11 @@ def test_dtype_is_the_output_dtype_unless_out_dtype(zoo, tmp_path):
     merge_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}, {{model: {zoo['b']}}}]\ndtype: bfloat16\n",
                tmp_path / "bf")
     assert {t.dtype for t in load_tensors(tmp_path / "bf").values()} == {torch.bfloat16}
+    # As in mergekit, inputs are cast to `dtype` before the (float32) math.
+    a, b, got = load_tensors(zoo["a"]), load_tensors(zoo["b"]), load_tensors(tmp_path / "bf")
+    for name in got:
+        want = ((a[name].bfloat16().float() + b[name].bfloat16().float()) / 2).bfloat16()
+        assert torch.equal(got[name], want), name
     assert json.loads((tmp_path / "bf" / "config.json").read_text())["dtype"] == "bfloat16"
     merge_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}]\ndtype: bfloat16\nout_dtype: float16\n",
                tmp_path / "f16")
