@@ -128,8 +128,10 @@ def recipes(m: dict[str, Path]) -> dict[str, str]:
                        "merge_method: model_stock\ndtype: float32\n",
         "model_stock filter_wise": f"models: [{{model: {a1}}}, {{model: {a2}}}, {{model: {a3}}}]\nbase_model: {b}\n"
                                    "merge_method: model_stock\nparameters: {filter_wise: true}\ndtype: float32\n",
-        "sce": gta("sce"),
-        "sce select_topk 0.3": gta("sce", "parameters: {select_topk: 0.3}\n"),
+        "sce": f"models: [{{model: {a1}}}, {{model: {a2}}}, {{model: {a3}}}]\nbase_model: {b}\n"
+               "merge_method: sce\ndtype: float32\n",
+        "sce select_topk 0.3": f"models: [{{model: {a1}}}, {{model: {a2}}}, {{model: {a3}}}]\nbase_model: {b}\n"
+                               "merge_method: sce\nparameters: {select_topk: 0.3}\ndtype: float32\n",
         "nearswap": f"models: [{{model: {a1}}}, {{model: {a2}}}]\nbase_model: {a1}\nmerge_method: nearswap\n"
                     "parameters: {t: 0.005}\ndtype: float32\n",
         "nuslerp": f"models: [{{model: {a1}, parameters: {{weight: 0.3}}}}, {{model: {a2}, parameters: {{weight: 0.7}}}}]\n"
