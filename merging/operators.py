@@ -642,7 +642,7 @@ def spherical_interpolation(t: float, v0, v1, *, dim: int = -1, flatten: bool = 
 @merge_operator("nuslerp", [_weight(), Param("nuslerp_row_wise", False, type="bool", help="slerp each column"
                                                                                                   " (rows of dim 0)"),
                             Param("nuslerp_flatten", True, type="bool", help="slerp the flattened tensors")],
-                base="optional", min_models=2, max_models=2,
+                base="origin", min_models=2, max_models=2,
                 description="slerp of two models (or of their deltas from the base) at t = w2 / (w1 + w2)")
 def nuslerp_merge(base, tensors, params):
     w = params["weight"]
@@ -657,7 +657,7 @@ def nuslerp_merge(base, tensors, params):
 
 @merge_operator("multislerp", [_weight(), Param("normalize_weights", True, type="bool", help="weights divided by their sum"),
                                Param("eps", 1e-8, minimum=0.0, help="guard against division by zero")],
-                base="optional", min_models=1,
+                base="origin", min_models=1,
                 description="barycentric interpolation on the hypersphere (tangent space at the weighted mean)")
 def multislerp_merge(base, tensors, params):
     import torch

@@ -18,8 +18,10 @@ SPEC_ATTRIBUTE = "__merge_operator__"
 # How an operator uses the base model:
 #   required: deltas are taken against it;
 #   optional: it takes part when named (slerp uses it as the first endpoint);
+#   origin:   optional, and when named the models are taken as deltas from it (nuslerp,
+#             multislerp): it is not one of the models counted;
 #   unused:   the math ignores it (it still provides config and tokenizer files).
-BASE_ROLES = ("required", "optional", "unused")
+BASE_ROLES = ("required", "optional", "origin", "unused")
 PARAM_TYPES = {"float": float, "int": int, "bool": bool}
 
 

@@ -160,3 +160,13 @@ def test_every_operator_is_usable_as_an_arm():
         params = {"t": 0.01} if spec.name == "nearswap" else {}
         resolved = validate_params(spec.name, params, n)
         assert set(resolved) == {p.name for p in spec.params}
+
+
+def test_nuslerp_and_multislerp_take_a_base_as_origin_not_as_a_model():
+    from merging.recipe import Recipe
+
+    r = Recipe.from_yaml("merge_method: nuslerp\nbase_model: b\nmodels: [{model: x}, {model: y}]\n").resolve()
+    assert r.base == "b" and r.models == ["x", "y"]
+    with pytest.raises(MergeError, match="exactly 2 model"):
+        Recipe.from_yaml("merge_method: nuslerp\nbase_model: b\nmodels: [{model: x}]\n").validate()
+    assert Recipe.from_arm("multislerp", {}, ["x", "y"], base="b").resolve().base == "b"
