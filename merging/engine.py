@@ -339,6 +339,17 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
                        device=str(dev))
 
 
+def _exact_cast(source, target) -> bool:
+    """Does casting source to target keep every value? Then the cast can be skipped: the
+    math runs in float32/float64 anyway."""
+    import torch
+
+    if source == target:
+        return True
+    wider = {torch.float32: (torch.bfloat16, torch.float16), torch.float64: (torch.bfloat16, torch.float16, torch.float32)}
+    return source in wider.get(target, ())
+
+
 def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             progress: bool | None, on_tensor: Callable[[str], None] | None, input_dtype=None) -> None:
     import torch
@@ -356,7 +367,7 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             if job.rows is not None:
                 t = t[: job.rows]
             if job.floating:
-                if input_dtype is not None and t.dtype != input_dtype:
+                if input_dtype is not None and not _exact_cast(t.dtype, input_dtype):
                     t = t.to(dtype=input_dtype)
                 # A native-input operator converts slice by slice itself.
                 t = t.to(device=dev) if native else t.to(device=dev, dtype=compute)
