@@ -1,8 +1,9 @@
 """Read Hugging Face checkpoint folders (config.json + safetensors, sharded or not).
 
-Headers are parsed here in plain Python, so listing tensors, checking shapes and
-fingerprinting a checkpoint never imports torch; tensors themselves are loaded lazily,
-one at a time, through safetensors' own reader.
+Headers are parsed and checked here in plain Python (as strictly as the safetensors
+library: whole-number, in-file, non-overlapping offsets), so listing tensors, checking
+shapes and fingerprinting a checkpoint never imports torch; tensors themselves are loaded
+lazily, one at a time, with positioned reads at the offsets the header gave.
 """
 from __future__ import annotations
 
