@@ -285,7 +285,7 @@ def test_service_policy_set_show_and_log_fed_policies(tmp_path):
 
     db = tmp_path / "b.db"
     svc = Service(db)
-    assert svc.show_policy()["name"] == "linucb"
+    assert svc.show_policy().name == "linucb"
     with pytest.raises(BanditError, match="epsilon > 0"):
         svc.set_policy("fixed", {"arm": "ties"})
     with pytest.raises(BanditError, match="no arm"):
@@ -293,7 +293,7 @@ def test_service_policy_set_show_and_log_fed_policies(tmp_path):
     with pytest.raises(BanditError):
         svc.set_policy("hybrid", {"gamma": 1})
     out = svc.set_policy("hybrid", {"alpha": 0.5})
-    assert out["label"] == "hybrid:alpha=0.5" and out["effective"]["alpha"] == 0.5
+    assert out.label == "hybrid:alpha=0.5" and out.effective["alpha"] == 0.5
     for i in range(12):
         p = svc.propose("t", {"a": i / 12}, seed=i)
         assert p.policy == "hybrid"
@@ -321,7 +321,7 @@ def test_service_vw_workspace_saved_next_to_the_database(tmp_path):
     p2 = fresh.propose("t", {"a": 0.3}, seed=5)
     assert p2.arm == p1.arm
     np.testing.assert_allclose([e["p"] for e in p2.pmf], [e["p"] for e in p1.pmf], rtol=1e-6)
-    assert len(fresh._learned) == 10  # loaded from the file, not relearned
+    assert fresh.live.learned == 10  # loaded from the file, not relearned
 
 
 def test_service_relearns_a_vw_workspace_that_does_not_match_the_database(tmp_path):
@@ -341,12 +341,12 @@ def test_service_relearns_a_vw_workspace_that_does_not_match_the_database(tmp_pa
     other = Service(db2)
     other.set_policy("vw", {})
     other.propose("t", {"a": 0.1}, seed=1)
-    assert other._learned == set()
+    assert other.live.learned == 0
     # a corrupt file is relearned too, not an error
     (tmp_path / "b.db.vw").write_bytes(b"garbage")
     again = Service(db)
     again.propose("t", {"a": 0.1}, seed=2)
-    assert len(again._learned) == 6
+    assert again.live.learned == 6
 
 
 def test_hybrid_snapshot_round_trip_continues_bit_for_bit(tmp_path):
@@ -379,7 +379,7 @@ def test_service_hybrid_loads_its_snapshot_instead_of_relearning(tmp_path):
     assert (tmp_path / "b.db.hybrid.npz").exists()
     fresh = Service(db)
     fresh.policy()
-    assert len(fresh._learned) == 8
+    assert fresh.live.learned == 8
     # another reward after the snapshot: the fresh process learns just that one
     p = svc.propose("t", {"a": 0.9}, seed=3)
     svc.reward(p.event_id, 0.1)
