@@ -149,7 +149,8 @@ def propose(task, models, more_models, features, context_json, structural_only, 
     click.echo(render.proposal_footer(p))
 
 
-@main.command()
+# ignore_unknown_options: a negative reward (`bandit reward 5 -0.3`) is a value, not an option
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("event_id")
 @click.argument("value")
 @db_option
