@@ -6,7 +6,6 @@ own usage errors exit 2.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
