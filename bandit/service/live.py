@@ -191,9 +191,9 @@ class LivePolicy:
         path = snapshot_path(self.store, settings["name"])
         if path is None:
             return
+        scratch = LivePolicy(self.store)  # this one's cursor stays with the policy it serves
         with _exclusive(path):
-            if self._load_snapshot(path, settings) is not None:
+            if scratch._load_snapshot(path, settings) is not None:
                 return
-            self.cursor, self.learned, self._snapshot_learned = 0, 0, -1
             policy = make_policy(settings["name"], settings.get("params"))
-            self._sync_from_log(policy, settings, save_every=0)
+            scratch._sync_from_log(policy, settings, save_every=0)
