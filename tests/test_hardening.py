@@ -74,6 +74,7 @@ BIG = "1" * 400
         (("arms", "add", "x", "--operator", "ties", "-p", "density=.inf"), "not a number"),
         (("arms", "add", "x", "--operator", "ties", "--shrink", "nan"), "not a finite number"),
         (("policy", "set", "linucb", "alpha=1:30"), "not a number"),
+        (("propose", "--task", "t", "stray"), "model names follow --models"),
     ],
 )
 def test_bad_values_are_one_line_and_change_nothing(run, args, message):
@@ -81,7 +82,8 @@ def test_bad_values_are_one_line_and_change_nothing(run, args, message):
 
 
 def test_a_reward_at_the_bound_is_accepted_and_rebuild_matches(run):
-    run("reward", "2", "-1e6")  # a negative value is an argument, not an unknown option
+    out = json.loads(run("reward", "2", "-1e6", "--json").output)  # a negative value, not an option
+    assert out["reward"] == -1e6 and out["duplicate"] is False
     assert "match the live posteriors" in run("rebuild", "--check").output
 
 
