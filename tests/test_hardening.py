@@ -210,3 +210,40 @@ def test_snapshots_respect_the_umask(tmp_path, umask, mode):
         os.umask(old)
     snapshot = tmp_path / "u.db.hybrid.npz"
     assert stat.S_IMODE(snapshot.stat().st_mode) == mode
+
+
+# -- the grammar of bandit/inputs.py ---------------------------------------------------------
+@pytest.mark.parametrize("text, value", [("0.5", 0.5), ("-3", -3.0), ("1e-4", 1e-4), ("+.5", 0.5), ("5.", 5.0),
+                                         (" 2E3 ", 2000.0), ("-0", 0.0)])
+def test_plain_decimals_are_numbers(text, value):
+    from bandit.inputs import parse_number
+
+    assert parse_number(text, "x") == value
+
+
+@pytest.mark.parametrize("text", ["1_0", "0x10", "1e", "e5", ".", "--1", "1.2.3", "", " ", "\u0661", "1e+",
+                                  "inf", "-nan", "Infinity", "1,5"])
+def test_everything_else_is_refused(text):
+    from bandit.errors import InvalidInput
+    from bandit.inputs import parse_number
+
+    with pytest.raises(InvalidInput):
+        parse_number(text, "x")
+
+
+def test_bounds_ids_seeds_and_params():
+    from bandit.errors import InvalidInput
+    from bandit.inputs import MAX_ABS_VALUE, parse_event_id, parse_params, parse_reward, parse_seed
+
+    assert parse_reward(str(MAX_ABS_VALUE)) == 1e6 and parse_reward("-1e6") == -1e6
+    with pytest.raises(InvalidInput):
+        parse_reward("1000000.1")
+    assert parse_event_id(str(2**63 - 1)) == 2**63 - 1 and parse_event_id(1) == 1
+    assert parse_seed("0") == 0 and parse_seed(2**63 - 1) == 2**63 - 1 and parse_seed(None) is None
+    for bad in (True, 2**63, -1):
+        with pytest.raises(InvalidInput):
+            parse_seed(bad)
+    assert parse_params(["w=0.7,0.3", "l=[1, 2]", "n=true", "e=squarecb", "d=operator+params", "k=3"]) == {
+        "w": [0.7, 0.3], "l": [1, 2], "n": True, "e": "squarecb", "d": "operator+params", "k": 3}
+    with pytest.raises(InvalidInput, match="given twice"):
+        parse_params(["a=1", "a=2"])
