@@ -20,7 +20,7 @@ from typing import Any
 from bandit.errors import BanditError
 from bandit.policies.base import Action, ArmSpec, Policy
 from bandit.policies.linucb import RidgeArms
-from bandit.policies.posterior import Posterior
+from bandit.policies.ridge import Posterior
 from bandit.policies.registry import DEFAULT_POLICY, make_policy
 from bandit.service.reward import RIDGE, RewardOutcome, arm_prior
 
