@@ -341,6 +341,11 @@ class Store:
     def last_reward_id(self) -> int:
         return self._one("SELECT coalesce(max(id), 0) AS n FROM rewards")["n"]
 
+    def rewarded_event(self, reward_id: int) -> int | None:
+        """The event that reward `reward_id` rewarded (None: no such reward)."""
+        r = self._one("SELECT event_id FROM rewards WHERE id = ?", (reward_id,))
+        return None if r is None else r["event_id"]
+
     def count_rewards_upto(self, reward_id: int) -> int:
         return self._one("SELECT count(*) AS n FROM rewards WHERE id <= ?", (reward_id,))["n"]
 
