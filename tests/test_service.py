@@ -5,7 +5,7 @@ import pytest
 
 from bandit.errors import BanditError
 from bandit.arms import DEFAULT_ARMS
-from bandit.policies.posterior import DTYPE
+from bandit.policies.ridge import DTYPE
 from bandit.service import Service
 from store import Store
 
@@ -22,7 +22,7 @@ def ridge_row(svc, arm):
 
 
 def test_default_arms_installed_once(svc, tmp_path):
-    names = [a["name"] for a in svc.arms()]
+    names = [a.name for a in svc.arms()]
     assert names == [n for n, _, _ in DEFAULT_ARMS]
     Service(str(tmp_path / "b.db"))  # a second open adds nothing
     assert len(Store(tmp_path / "b.db").arms()) == len(DEFAULT_ARMS)
@@ -164,7 +164,7 @@ def test_stats(svc):
     for i in range(10):
         p = svc.propose("t", {"a": 1.0}, seed=i)
         svc.reward(p.event_id, 0.5)
-    rows = {r["arm"]: r for r in svc.stats()}
+    rows = {r.arm: r.to_dict() for r in svc.stats()}
     assert sum(r["proposals"] for r in rows.values()) == 10
     assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
     pulled = [r for r in rows.values() if r["pulls"]]
@@ -209,3 +209,15 @@ def test_changing_lambda_shifts_posteriors_exactly(svc):
     svc.add_arm("fresh", "linear", {})
     post = svc.policy().posteriors["fresh"]
     assert post.A.tolist() == [[3.0]]
+
+
+def test_event_lookup_through_the_facade(svc):
+    from bandit.errors import NotFound
+
+    p = svc.propose("t", {"a": 0.25}, seed=3)
+    ev = svc.event(str(p.event_id))
+    assert ev["arm"] == p.arm and ev["contexts"] == [{"a": 0.25}] and ev["reward"] is None
+    svc.reward(p.event_id, 0.5)
+    assert svc.event(p.event_id)["reward"] == 0.5
+    with pytest.raises(NotFound):
+        svc.event(p.event_id + 1)
