@@ -250,3 +250,31 @@ def test_multi_document_errors_before_any_work(tmp_path, text, message):
         run_recipe_file(recipe, tmp_path / "out", device="cpu", progress=False)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.yaml"]
+
+
+def test_recipes_with_slices_gradients_and_filters_round_trip_both_layouts():
+    text = textwrap.dedent("""
+        slices:
+          - sources:
+              - {model: a, layer_range: [0, 4], parameters: {weight: [1, 0]}}
+              - {model: b, layer_range: [2, 6]}
+            parameters:
+              weight: [{filter: mlp, value: 0.5}, {value: [0.2, 0.8]}]
+        merge_method: linear
+        parameters: {normalize: false}
+        dtype: bfloat16
+        tokenizer_source: base
+        chat_template: auto
+        name: sliced
+        """)
+    r = Recipe.from_yaml(text)
+    assert Recipe.from_yaml(r.to_yaml()) == r
+    assert Recipe.from_dict(json.loads(r.to_json())) == r
+    resolved = r.resolve()
+    group = resolved.groups[0]
+    assert group.ranges == [(0, 4), (2, 6)]
+    # a's own gradient wins; b falls back to the slice's filter list.
+    got = resolved.params_for(group, ["model.layers.0.mlp.x", "model.layers.2.mlp.x"], 0.5, "model.layers.1.mlp.x")
+    assert got["weight"] == [0.5, 0.5] and got["normalize"] is False
+    got = resolved.params_for(group, ["model.layers.0.attn.x", "model.layers.2.attn.x"], 0.25, "model.layers.1.attn.x")
+    assert got["weight"] == [0.75, pytest.approx(0.35)]
