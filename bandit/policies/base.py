@@ -30,6 +30,9 @@ class Action:
     arm: str
     context: Mapping[str, float]
     candidate: int = 0  # index of the ordered model pair this action would merge
+    # per-action signals (e.g. trial-merge agreement of this arm on this candidate); policies
+    # that do not use them ignore them
+    features: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
