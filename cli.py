@@ -541,15 +541,30 @@ def _progress_bar(total: int, quiet: bool):
 
 
 def _print_replay(rep: dict) -> None:
-    click.echo(f"{rep['rows']} rows, {len(rep['arms'])} arms, {rep['seeds']} seeds; "
-               f"best fixed arm {rep['best_fixed_arm']} (mean {rep['best_fixed_mean']:.4f}), "
-               f"oracle mean {rep['oracle_mean']:.4f}")
+    several = rep["requests"] != rep["rows"]
+    passes = f", {rep['passes']} passes ({rep['rounds']} rounds)" if rep.get("passes", 1) > 1 else ""
+    click.echo(f"{rep['rows']} rows" + (f" in {rep['requests']} requests" if several else "")
+               + f", {len(rep['arms'])} arms, {rep['seeds']} seeds{passes}; "
+               f"best fixed arm {rep['best_fixed_arm']} (mean {rep['best_fixed_mean']:.4f}"
+               + (" on the first-listed candidate" if several else "") + f"), oracle mean {rep['oracle_mean']:.4f}")
+    if several:
+        click.echo(f"best fixed arm on each request's best candidate (hindsight): "
+                   f"{rep['best_fixed_arm_best_candidate']} (mean {rep['best_fixed_best_candidate_mean']:.4f})")
+    if rep.get("prior"):
+        pr = rep["prior"]
+        click.echo(f"prior from {pr['source']}: level {pr['level']:.4f}, strength {pr['strength']:.2f} "
+                   f"pseudo-rewards per arm")
     click.echo("mean [95 % interval over seeds]")
     head = f"{'policy':<26} {'mean reward':<26} {'regret':<28} {'gap closure':<26} {'gap closure, last half':<26}"
+    if several:
+        head += f" {'vs best-candidate fixed, last half':<26}"
     click.echo(head)
     for p in rep["policies"]:
-        click.echo(f"{p['policy']:<26} {_ci(p['mean_reward'], '{:.4f}'):<26} {_ci(p['regret'], '{:.1f}'):<28} "
-                   f"{_ci(p['gap_closure']):<26} {_ci(p['gap_closure_last_half']):<26}")
+        line = (f"{p['policy']:<26} {_ci(p['mean_reward'], '{:.4f}'):<26} {_ci(p['regret'], '{:.1f}'):<28} "
+                f"{_ci(p['gap_closure']):<26} {_ci(p['gap_closure_last_half']):<26}")
+        if several:
+            line += f" {_ci(p['gap_closure_vs_best_candidate_last_half']):<26}"
+        click.echo(line)
     if rep["policies"] and "add_arm" in rep["policies"][0]:
         a0 = rep["policies"][0]["add_arm"]
         click.echo(f"\narm {a0['arm']} joins after round {a0['round']}; fair rate (share of later rows it is best on) "
@@ -602,9 +617,16 @@ def _print_logged(rep: dict) -> None:
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes to spread the runs over.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples (--logged).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --logged's randomness.")
+@click.option("--passes", type=int, default=1, show_default=True,
+              help="The table's requests recur this many times, each pass in a fresh order (read the last half).")
+@click.option("--group-orders", is_flag=True,
+              help="Make both orders of each pair of a table without a request column the candidates of one request.")
+@click.option("--prior", "prior_table", type=click.Path(dir_okay=False),
+              help="Fit an intercept-only prior on this outcome table; replay each policy without and with it.")
 @db_option
 @json_option
-def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, db_path, as_json):
+def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, passes,
+           group_orders, prior_table, db_path, as_json):
     """Evaluate policies offline: on an outcome table, or on a decision log."""
     # The policies' matrices are small; threaded BLAS only makes the replay processes fight
     # over the cores. Effective when numpy is not loaded yet, as in a fresh `bandit` process.
@@ -616,8 +638,9 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
         raise BanditError("give exactly one of --outcomes FILE or --logged [FILE]")
     policies = list(policies) or list(DEFAULT_REPLAY_POLICIES)
     if logged is not None:
-        if add_arm_at or new_task_at or plot:
-            raise BanditError("--add-arm-at, --new-task-at and --plot apply to --outcomes only")
+        if add_arm_at or new_task_at or plot or passes != 1 or group_orders or prior_table:
+            raise BanditError("--add-arm-at, --new-task-at, --plot, --passes, --group-orders and --prior "
+                              "apply to --outcomes only")
         from bandit.offline.ope import evaluate_log_source
 
         store = None
@@ -641,9 +664,10 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
 
         with Store(db_path) as st:
             known = {a["name"]: ArmSpec(a["name"], a["operator"], a["params"]) for a in st.arms()}
-    bar, tick = _progress_bar(len(policies) * max(seeds, 0), as_json)
+    bar, tick = _progress_bar(len(policies) * max(seeds, 0) * (2 if prior_table else 1), as_json)
     try:
-        rep = replay_outcomes(outcomes, policies, seeds, add_arm, new_task, known, jobs, plot, tick)
+        rep = replay_outcomes(outcomes, policies, seeds, add_arm, new_task, known, jobs, plot, tick, passes,
+                              group_orders, prior_table)
     finally:
         if bar is not None:
             bar.close()
