@@ -674,6 +674,72 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
     emit_json(rep) if as_json else _print_replay(rep)
 
 
+def _table_report(summary: dict, built) -> str:
+    """What an outcome table allows, per arm and overall (both fixed-arm baselines)."""
+    lines = [f"{summary['rows']} rows in {summary['requests']} requests x {len(summary['arms'])} arms "
+             f"({built.merges_run} merges run, {built.merges_cached} from the cache)"]
+    lines.append(f"{'arm':<18} {'mean reward (first-listed order)':>32} {'best on':>8}")
+    for arm in sorted(summary["arms"], key=lambda a: -summary["arm_means"][a]):
+        lines.append(f"{arm:<18} {summary['arm_means'][arm]:>32.4f} {summary['wins'][arm]:>8}")
+    lines.append(f"oracle (best candidate and arm per request)   {summary['oracle_mean']:.4f}")
+    lines.append(f"best fixed arm, order as listed                {summary['best_fixed_arm']} "
+                 f"{summary['best_fixed_mean']:.4f}")
+    lines.append(f"best fixed arm, best order in hindsight        {summary['best_fixed_arm_best_candidate']} "
+                 f"{summary['best_fixed_best_candidate_mean']:.4f}")
+    return "\n".join(lines)
+
+
+@main.command("outcomes")
+@click.option("--models", "-m", "models", cls=GreedyOption, metavar="A B [C ...]", required=True,
+              help="Registered fine-tunes (one common base): every ordered pair is merged with every active arm.")
+@click.option("--evaluate", "command", required=True, metavar="'CMD {model} {a} {b}'",
+              help="Shell command scoring a merged folder; the last number it prints on stdout is the reward.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Table to write (.csv or .jsonl).")
+@click.option("--task", "-t", default=None, help="Registered task whose probes feed the features [default: generic].")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Merges run in parallel.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+              help="Reward cache, so a re-run does only what is new [default: OUT.cache.json].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds one evaluation may take.")
+@click.option("--structural-only", is_flag=True, help="Weights-only features in the f: columns.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@db_option
+@json_option
+def outcomes_cmd(models, command, out, task, jobs, cache_path, timeout, structural_only, device, db_path, as_json):
+    """Build an outcome table for your own catalog with your own evaluator.
+
+    Both orders of each pair are the two candidates of one request (the order listed first
+    first). Example: bandit outcomes -m A B C --evaluate 'python eval.py {model}' --out t.csv
+    """
+    from bandit.errors import BanditError
+    from bandit.offline.build import CommandEvaluator, build_table
+    from bandit.offline.outcomes import read_outcomes, summarize_table
+    from bandit.policies.base import ArmSpec
+
+    evaluator = CommandEvaluator(command, timeout)
+    if not os.path.exists(db_path):
+        raise BanditError(f"{db_path}: no such database (register the models with `bandit models add` first)")
+    svc = _service(db_path)
+    if task is not None and svc.store.task(task) is None:
+        raise BanditError(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+    arms = [ArmSpec(a["name"], a["operator"], a["params"]) for a in svc.store.arms() if a["status"] == "active"]
+    n_models = len(models)
+    total = n_models * (n_models - 1) * len(arms)
+    bar = _zoo_progress(total, not as_json and sys.stderr.isatty(), "outcome table")
+    try:
+        built = build_table(svc.store, models, arms, evaluator, cache_path or f"{out}.cache.json",
+                            task_of=lambda a, b: task or "default", out=out, jobs=jobs, device=device,
+                            structural_only=structural_only, on_cell=lambda *cell: bar.update(1))
+    finally:
+        bar.close()
+    summary = summarize_table(read_outcomes(out)).to_dict()
+    if as_json:
+        emit_json({**summary, "path": out, "merges_run": built.merges_run, "merges_cached": built.merges_cached})
+        return
+    click.echo(_table_report(summary, built))
+    click.echo(f"written to {out}")
+
+
 @main.group()
 def policy():
     """Show or choose the live policy."""

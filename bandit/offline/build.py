@@ -30,7 +30,9 @@ from bandit.policies.base import ArmSpec
 
 MERGE_SEED = 0  # DARE-style operators drop at random; one seed makes the table reproducible
 SAVE_EVERY = 8  # merges between cache saves, so an interruption loses little
-_NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+# A number standing on its own (after a space, `=`, `:`, `(`...), not digits inside a path or a
+# name such as /tmp/run-20/ or llama3: those would otherwise pass for the reward.
+_NUMBER = re.compile(r"(?<![\w./-])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w/])")
 
 
 def merge_label(arm: str, a: str, b: str) -> str:
@@ -74,7 +76,7 @@ class CommandEvaluator:
         numbers = _NUMBER.findall(proc.stdout)
         if not numbers:
             raise BanditError(f"{label}: the evaluation command printed no number on stdout")
-        value = float(numbers[-1])
+        value = float(numbers[-1].rstrip(".") or "nan")
         if not math.isfinite(value):
             raise BanditError(f"{label}: the evaluation command's reward {numbers[-1]!r} is not finite")
         return {"reward": value}
