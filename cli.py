@@ -740,6 +740,58 @@ def outcomes_cmd(models, command, out, task, jobs, cache_path, timeout, structur
     click.echo(f"written to {out}")
 
 
+@main.command("fit")
+@click.option("--outcomes", "table_path", type=click.Path(dir_okay=False), help="Outcome table to fit the prior on.")
+@click.option("--strength", type=click.FloatRange(min=0), default=None,
+              help="Pseudo-rewards per arm [default: chosen by empirical Bayes over the table's tasks].")
+@click.option("--replace", is_flag=True, help="Swap out a prior loaded before.")
+@click.option("--clear", is_flag=True, help="Take the loaded prior back out.")
+@db_option
+@json_option
+def fit_cmd(table_path, strength, replace, clear, db_path, as_json):
+    """Load an intercept-only prior fitted on an outcome table into the live posteriors.
+
+    Each arm starts from the table's mean reward for it, worth STRENGTH rewards: live rewards
+    outweigh it quickly. Recorded in the database, so `bandit rebuild` stays exact.
+    """
+    from bandit.errors import BanditError
+    from bandit.offline.prior import prior_from_outcomes
+    from bandit.service.prior import clear_prior, load_prior
+
+    if clear == (table_path is not None):
+        raise BanditError("give either --outcomes TABLE or --clear")
+    if clear and (strength is not None or replace):
+        raise BanditError("--strength and --replace go with --outcomes")
+    prior = prior_from_outcomes(table_path, strength) if table_path else None  # a bad table fails first
+    svc = _service(db_path)
+    settings = svc.policy_settings()
+    lam = settings["params"].get("lambda", 1.0)
+    if clear:
+        gone = clear_prior(svc.store, lam)
+        if as_json:
+            emit_json({"cleared": gone})
+        else:
+            click.echo("no prior was loaded" if gone is None else f"prior from {gone['prior']['source']} cleared "
+                       f"({len(gone['applied'])} arms)")
+        return
+    record = load_prior(svc.store, prior, lam, replace=replace)
+    if as_json:
+        emit_json(record)
+        return
+    p = record["prior"]
+    tau = "one task: default strength" if p["tau2"] is None else f"between-task variance {p['tau2']:.5f}"
+    click.echo(f"prior from {p['source']}: level {p['level']:.4f}, strength {p['strength']:.2f} pseudo-rewards "
+               f"per arm (reward variance {p['sigma2']:.5f}, {tau})")
+    click.echo(f"{'arm':<18} {'prior mean':>10} {'offset':>8}")
+    for arm in record["applied"]:
+        click.echo(f"{arm:<18} {p['level'] + p['offsets'][arm]:>10.4f} {p['offsets'][arm]:>+8.4f}")
+    if record["arms_without_column"]:
+        click.echo(f"no column in the table, left as they were: {', '.join(record['arms_without_column'])}")
+    if settings["name"] in ("hybrid", "vw"):
+        click.echo(f"note: the live policy {settings['name']} learns from the log and does not use the prior; "
+                   "linucb, lints and egreedy do", err=True)
+
+
 @main.group()
 def policy():
     """Show or choose the live policy."""
