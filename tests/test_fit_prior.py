@@ -39,12 +39,12 @@ def test_fit_loads_the_prior_and_rebuild_stays_exact(tmp_path, table):
     res = run("fit", "--outcomes", table, "--db", db, "--json")
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output)
-    # level 0.5, offsets ∓0.1; the tasks agree (τ² = 0) → the cap, 8 pseudo-rewards
-    assert rec["prior"]["level"] == pytest.approx(0.5) and rec["prior"]["strength"] == 8.0
-    assert rec["applied"] == {"linear": [8.0, pytest.approx(8 * 0.4)], "ties": [8.0, pytest.approx(8 * 0.6)]}
+    # level 0.5 (no live rewards yet), offsets ∓0.1; the tasks agree (τ² = 0) → the cap, 2
+    assert rec["prior"]["level"] == pytest.approx(0.5) and rec["prior"]["strength"] == 2.0
+    assert rec["applied"] == {"linear": [2.0, pytest.approx(2 * 0.4)], "ties": [2.0, pytest.approx(2 * 0.6)]}
     assert "slerp" in rec["arms_without_column"]
     post = live(db)
-    assert post["ties"][0][0] == 1.0 + 8.0 and post["ties"][1][0] == pytest.approx(4.8)
+    assert post["ties"][0][0] == 1.0 + 2.0 and post["ties"][1][0] == pytest.approx(1.2)
     assert post["slerp"][0][0] == 1.0 and post["slerp"][1][0] == 0.0
 
     # the live policy sees it: posterior means m·p/(λ + m), widths 1/√(λ + m) at the empty context
@@ -53,8 +53,8 @@ def test_fit_loads_the_prior_and_rebuild_stays_exact(tmp_path, table):
     svc = Service(db)
     means, bonuses = svc.policy().scores([Action("ties", {}), Action("linear", {}), Action("slerp", {})])
     svc.store.close()
-    np.testing.assert_allclose(means, [4.8 / 9, 3.2 / 9, 0.0])
-    np.testing.assert_allclose(bonuses, [1 / 3, 1 / 3, 1.0])
+    np.testing.assert_allclose(means, [1.2 / 3, 0.8 / 3, 0.0])
+    np.testing.assert_allclose(bonuses, [3 ** -0.5, 3 ** -0.5, 1.0])
     run("propose", "-t", "x", "--context-json", "{}", "--seed", "1", "--db", db)
     for i, r in enumerate((0.3, 0.9, 0.5), start=1):
         if i > 1:
@@ -76,9 +76,9 @@ def test_second_fit_needs_replace_and_clear_restores_no_prior(tmp_path, table):
     assert again.exit_code == 1 and "--replace" in again.output
     after = live(db)
     assert all(np.array_equal(before[a][0], after[a][0]) for a in before)
-    res = run("fit", "--outcomes", table, "--strength", "2", "--replace", "--db", db, "--json")
-    assert json.loads(res.output)["prior"]["strength"] == 2.0
-    assert live(db)["ties"][0][0] == pytest.approx(3.0)
+    res = run("fit", "--outcomes", table, "--strength", "1", "--replace", "--db", db, "--json")
+    assert json.loads(res.output)["prior"]["strength"] == 1.0
+    assert live(db)["ties"][0][0] == pytest.approx(2.0)
     for d in (db, plain):
         assert run("reward", "1", "0.7", "--db", d).exit_code == 0
     assert run("fit", "--clear", "--db", db).exit_code == 0
@@ -97,3 +97,15 @@ def test_second_fit_needs_replace_and_clear_restores_no_prior(tmp_path, table):
 def test_fit_errors(tmp_path, args, message):
     res = run(*args, "--db", str(tmp_path / "b.db"))
     assert res.exit_code != 0 and message in res.output
+
+
+def test_with_a_reward_per_arm_the_prior_is_centred_on_the_live_mean(tmp_path, table):
+    db = str(tmp_path / "b.db")
+    n_arms = 8
+    for i in range(1, n_arms + 1):
+        run("propose", "-t", "x", "--context-json", '{"s": 0.5}', "--seed", str(i), "--db", db)
+        assert run("reward", str(i), "0.2" if i % 2 else "0.3", "--db", db).exit_code == 0
+    rec = json.loads(run("fit", "--outcomes", table, "--db", db, "--json").output)
+    assert rec["prior"]["level"] == pytest.approx(0.25)  # the live mean, not the table's 0.5
+    assert rec["applied"]["ties"] == [2.0, pytest.approx(2 * 0.35)]
+    assert json.loads(run("rebuild", "--check", "--db", db, "--json").output)["mismatched"] == []

@@ -129,14 +129,14 @@ def test_prior_fit_by_hand_and_applied_to_a_ridge_arm(tmp_path):
     assert pr.offsets == pytest.approx({"x": 0.1, "y": -0.1})
     # σ² = residual sum of squares 8·0.01 / (8 − 4 dof) = 0.02; τ² ≤ 0 → the cap
     assert pr.sigma2 == pytest.approx(0.02)
-    assert pr.tau2 == 0.0 and pr.strength == 8.0
+    assert pr.tau2 == 0.0 and pr.strength == 2.0 and pr.centre == "live"
     pol = make_policy("linucb", {"lambda": 2.0})
     for a in ("x", "y", "z"):
         pol.add_arm(ArmSpec(a, a))
     assert apply_prior(pol, pr, ["x", "y", "z"]) == ["x", "y"]
-    assert pol.posteriors["x"].A[0, 0] == 10.0 and pol.posteriors["x"].b[0] == pytest.approx(8 * 0.55)
+    assert pol.posteriors["x"].A[0, 0] == 4.0 and pol.posteriors["x"].b[0] == pytest.approx(2 * 0.55)
     assert pol.posteriors["z"].A[0, 0] == 2.0 and pol.posteriors["z"].b[0] == 0.0
-    assert pol.posteriors["y"].theta[0] == pytest.approx(8 * 0.35 / 10)
+    assert pol.posteriors["y"].theta[0] == pytest.approx(2 * 0.35 / 4)
 
 
 def test_prior_strength_is_weak_when_tasks_disagree(tmp_path):
@@ -155,3 +155,26 @@ def test_a_zero_strength_prior_replays_exactly_like_none():
     assert [r.label for r in res] == ["linucb", "linucb +prior"]
     for a, b in zip(res[0].runs, res[1].runs):
         np.testing.assert_array_equal(a.reward, b.reward)
+
+
+def test_a_live_centred_prior_is_applied_after_one_reward_per_arm_around_their_mean():
+    t = synthetic_outcomes(40, seed=8)
+    pr = fit_prior(synthetic_outcomes(40, seed=9))
+    k = len(t.arms)
+    seen = {}
+
+    import bandit.offline.prior as prior_module
+
+    original = prior_module.apply_prior
+
+    def spy(policy, prior, arms):
+        seen["level"], seen["arms"] = prior.level, list(arms)
+        return original(policy, prior, arms)
+
+    prior_module.apply_prior = spy
+    try:
+        run = run_once(t, {"name": "linucb", "params": {}}, 0, {a: ArmSpec(a, a) for a in t.arms}, prior=pr)
+    finally:
+        prior_module.apply_prior = original
+    assert seen["arms"] == t.arms
+    assert seen["level"] == pytest.approx(run.reward[:k].mean())

@@ -136,10 +136,14 @@ def run_once(
     available = [j for j, a in enumerate(table.arms) if a != late]
     for j in available:
         policy.add_arm(specs[table.arms[j]])
+    prior_due = None  # round at which a prior centred on the live mean is applied
     if prior is not None:
-        from bandit.offline.prior import apply_prior
+        from bandit.offline.prior import apply_prior, centred_on
 
-        apply_prior(policy, prior, [table.arms[j] for j in available])
+        if prior.centre == "live":
+            prior_due = min(len(available), len(order) - 1)
+        else:
+            apply_prior(policy, prior, [table.arms[j] for j in available])
     names = [table.arms[j] for j in available]
     T = len(order)
     chosen = np.empty(T, dtype=np.intp)
@@ -153,10 +157,13 @@ def run_once(
     for t in range(T):
         if late is not None and t == add_arm.round:
             policy.add_arm(specs[late])
-            if prior is not None:
+            if prior is not None and (prior_due is None or t > prior_due):
                 apply_prior(policy, prior, [late])
             available = list(range(len(table.arms)))
             names = list(table.arms)
+        if t == prior_due:
+            prior = centred_on(prior, float(reward[:t].mean()))
+            apply_prior(policy, prior, names)
         req = order[t]
         rows = groups[req]
         actions = [Action(names[k], contexts[row], c, action_feats[row][available[k]])

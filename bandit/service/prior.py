@@ -6,6 +6,10 @@ transaction, so `bandit rebuild` recomputes exactly what the live service holds.
 numbers and what was added to each arm are recorded in the `outcome_prior` setting, which is
 what `--clear` takes back out. Arms the table has no column for are left as they were.
 
+The level: the live mean reward when the database holds at least as many rewards as arms
+(fit after a first round of rewards, and the prior speaks the target's scale), else the
+table's mean.
+
 Policies that keep one ridge posterior per arm (linucb, lints, egreedy) use it live; policies
 that learn from the log itself (hybrid, vw) do not see it.
 """
@@ -69,6 +73,13 @@ def load_prior(store, prior, default_lam: float, replace: bool = False) -> dict[
                 if store.arm(arm) is not None:
                     _shift(store, arm, _lam(store, arm, default_lam), -dA, -db)
         arms = {a["name"] for a in store.arms()}
+        stats = store.arm_stats()
+        pulls = sum(r["pulls"] or 0 for r in stats)
+        if prior.centre == "live" and pulls >= len(arms) and pulls > 0:
+            from bandit.offline.prior import centred_on
+
+            # the live mean reward: the target's own scale (see bandit.offline.prior)
+            prior = centred_on(prior, sum((r["mean_reward"] or 0.0) * (r["pulls"] or 0) for r in stats) / pulls)
         applied: dict[str, list[float]] = {}
         if prior.strength > 0:
             for arm in sorted(arms & set(prior.offsets)):
