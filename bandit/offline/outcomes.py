@@ -32,9 +32,9 @@ import numpy as np
 from bandit.arms import DEFAULT_ARMS
 from bandit.errors import BanditError
 from bandit.files import jsonl_objects, read_text, write_atomically
+from bandit.inputs import parse_finite
 from bandit.policies.base import ArmSpec
 from bandit.policies.descriptors import arm_descriptor
-from bandit.service.reward import parse_finite
 
 
 @dataclass
