@@ -127,8 +127,8 @@ def test_prior_fit_by_hand_and_applied_to_a_ridge_arm(tmp_path):
     pr = fit_prior(tab)
     assert pr.level == pytest.approx(0.45)
     assert pr.offsets == pytest.approx({"x": 0.1, "y": -0.1})
-    # σ² = residual sum of squares 8·0.01 / (8 − 4 dof) = 0.02; τ² ≤ 0 → the cap
-    assert pr.sigma2 == pytest.approx(0.02)
+    # σ² around the arm means: 2 · (.05² + .25² + .25² + .05²) / (8 − 2) = 0.26 / 6; τ² ≤ 0 → the cap
+    assert pr.sigma2 == pytest.approx(0.26 / 6)
     assert pr.tau2 == 0.0 and pr.strength == 2.0 and pr.centre == "live"
     pol = make_policy("linucb", {"lambda": 2.0})
     for a in ("x", "y", "z"):
@@ -144,7 +144,11 @@ def test_prior_strength_is_weak_when_tasks_disagree(tmp_path):
     # x is better on task a, y on task b: the offsets do not transfer between tasks
     p.write_text("task,r:x,r:y\na,0.9,0.1\na,0.8,0.2\nb,0.1,0.9\nb,0.2,0.8\n")
     pr = fit_prior(read_outcomes(p))
-    assert pr.tau2 > 0.1 and pr.strength < 0.1
+    # σ² = 2 · (.4² + .3² + .4² + .3²) / 6 = 1/6; task offsets ±.35 → between-task variance
+    # .245, minus the sampling noise σ²/2 → τ² = .245 − 1/12; m = σ²/τ² ≈ 1.03, below the cap
+    assert pr.sigma2 == pytest.approx(1 / 6)
+    assert pr.tau2 == pytest.approx(0.245 - 1 / 12)
+    assert pr.strength == pytest.approx((1 / 6) / (0.245 - 1 / 12)) and pr.strength < 2.0
     assert fit_prior(read_outcomes(p), strength=0).strength == 0.0
 
 

@@ -19,9 +19,10 @@ where the live level cost nothing measurable).
 Its weight is learned from live rewards the Bayesian way: after n live rewards of an arm the
 prior counts m / (m + n) of its intercept. The strength m is chosen by empirical Bayes on the
 table itself, treating its tasks as draws of "another regime": an arm's offset varies
-between tasks with variance τ² (beyond what sampling noise explains), and one reward varies
-around its task's arm mean with variance σ²; a prior N(offset, τ²) on a new task's arm mean is
-worth m = σ²/τ² rewards. Tables whose tasks disagree about the operators get a weak prior;
+between tasks with variance τ² (beyond what sampling noise explains); a prior N(offset, τ²) on
+a new task's arm mean is worth m = σ²/τ² rewards, σ² being one reward's variance around its arm's mean over the whole
+table (what one live reward tells about that mean). Tables whose tasks disagree about the
+operators get a weak prior;
 a table with one task cannot tell, and gets `SINGLE_TASK_STRENGTH`. `max_strength` caps m.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Prior:
     offsets: dict[str, float]  # per arm: mean reward − level
     strength: float  # pseudo-rewards per arm
     tau2: float | None  # between-task variance of the offsets (None: one task)
-    sigma2: float  # variance of one reward around its task's arm mean
+    sigma2: float  # variance of one reward around its arm's mean over the table
     centre: str = "table"  # "table": level is the table's mean; "live": the target's mean, once known
 
     def pseudo_reward(self, arm: str) -> float:
@@ -92,13 +93,10 @@ def fit_prior(table, source: str = "", strength: float | None = None,
     offsets = {a: float(R[:, j].mean() - level) for j, a in enumerate(table.arms)}
     tasks = sorted(set(table.tasks))
     task_rows = {t: np.array([i for i, x in enumerate(table.tasks) if x == t]) for t in tasks}
-    # σ²: one reward around its task's arm mean (pooled over tasks and arms)
-    resid, dof = 0.0, 0
-    for rows in task_rows.values():
-        block = R[rows]
-        resid += float(((block - block.mean(axis=0)) ** 2).sum())
-        dof += block.shape[0] * block.shape[1] - block.shape[1]
-    sigma2 = resid / dof if dof > 0 else float(R.var())
+    # σ²: one reward around its arm's mean over the whole table — how much one live reward,
+    # from whichever request, tells about the arm's mean (pooled over arms)
+    dof = R.shape[0] * R.shape[1] - R.shape[1]
+    sigma2 = float(((R - R.mean(axis=0)) ** 2).sum() / dof) if dof > 0 else float(R.var())
     tau2 = None
     if len(tasks) >= 2:
         per_task = np.array([R[rows].mean(axis=0) - R[rows].mean() for rows in task_rows.values()])  # tasks × arms
