@@ -527,6 +527,7 @@ def outcomes_cmd(models, more_models, command, out, task, jobs, cache_path, time
                                  structural_only=structural_only, device=device, on_cell=lambda *cell: bar.update(1))
     finally:
         bar.close()
+    rep.pop("records")  # the table itself is in the file
     if as_json:
         emit_json(rep)
         return

@@ -161,7 +161,6 @@ def build_outcomes(
     Features come first (cached in the zoo's features.db); the merges that are not in the
     cache then run in `jobs` worker processes (default: `default_jobs(device)`). The cache
     keeps its zoo-specific keys, so tables measured before stay valid."""
-    from bandit.offline.build import build_table
     from bandit.policies.base import ArmSpec
     from bandit.service import Service
 
@@ -170,19 +169,19 @@ def build_outcomes(
     svc = Service(str(zoo.root / "features.db"))
     try:
         register_zoo(svc, zoo)
-        built = build_table(
-            svc.store, [zoo.expert_name(t) for t in zoo.tasks], specs, ZooEvaluator(str(zoo.root)),
-            zoo.root / "outcomes-cache.json", task_of=lambda a, b: pair_task(task_of[a], task_of[b]),
-            out=out, jobs=jobs or default_jobs(device), device=device, structural_only=structural_only,
-            seed=MERGE_SEED, on_cell=None if on_cell is None else
+        built = svc.build_outcomes(
+            [zoo.expert_name(t) for t in zoo.tasks], ZooEvaluator(str(zoo.root)), out, arms=specs,
+            cache_path=zoo.root / "outcomes-cache.json", task_of=lambda a, b: pair_task(task_of[a], task_of[b]),
+            jobs=jobs or default_jobs(device), device=device, structural_only=structural_only,
+            on_cell=None if on_cell is None else
             (lambda a, b, arm, reward, cached: on_cell(task_of[a], task_of[b], arm, reward, cached)),
             key_of=lambda a, b, arm: _cache_key(zoo, arm.name, arm.operator, dict(arm.params), task_of[a], task_of[b]),
         )
     finally:
         svc.store.close()
-    summary = summarize(built.records, [s.name for s in specs])
-    summary.merges_run, summary.merges_cached = built.merges_run, built.merges_cached
-    summary.path = built.path
+    summary = summarize(built["records"], [s.name for s in specs])
+    summary.merges_run, summary.merges_cached = built["merges_run"], built["merges_cached"]
+    summary.path = built["path"]
     return summary
 
 

@@ -161,53 +161,45 @@ def _run_cell(args) -> dict[str, Any]:
 
 
 def build_table(
-    store, models: Sequence[str], arms: Sequence[ArmSpec], evaluator, cache_path: str | os.PathLike, *,
+    models: Mapping[str, str], base: str, arms: Sequence[ArmSpec], evaluator, cache_path: str | os.PathLike,
+    features_of: Callable[[str, str, str], Mapping[str, float]], *,
     task_of: Callable[[str, str], str] = lambda a, b: "default", out: str | os.PathLike | None = None,
-    jobs: int = 1, device: str = "auto", structural_only: bool = False, seed: int = MERGE_SEED,
+    jobs: int = 1, device: str = "auto", seed: int = MERGE_SEED,
     key_of: Callable[[str, str, ArmSpec], str] | None = None,
     on_cell: Callable[[str, str, str, float, bool], None] | None = None,
 ) -> BuildResult:
-    """Merge every ordered pair of `models` (registered, one common base) with every arm,
-    evaluate, and return (and write to `out`) the version-2 table. `task_of(a, b)` names the
-    task of a pair (its registered probes feed the features; the same for both orders).
-    `key_of` replaces the default cache key (the zoo keeps its own); `on_cell(a, b, arm,
-    reward, cached)` is called once per cell, cached ones first."""
-    from bandit.service.catalog import model_row
-    from bandit.service.context import common_base, pair_features, task_probes
+    """Merge every ordered pair of `models` ({name: folder}, in the order listed; fine-tunes of
+    the checkpoint folder `base`) with every arm, evaluate, and return (and write to `out`)
+    the version-2 table. `task_of(a, b)` names the task of a pair (the same for both orders);
+    `features_of(a, b, task)` gives the ordered pair's context (the service computes and
+    caches them). `key_of` replaces the default cache key (the zoo keeps its own);
+    `on_cell(a, b, arm, reward, cached)` is called once per cell, cached ones first."""
     from merging.checkpoint import Checkpoint
 
-    models = list(models)
-    if len(models) < 2:
+    names = list(models)
+    if len(names) < 2:
         raise BanditError("--models needs at least two registered models")
-    dupes = sorted({m for m in models if models.count(m) > 1})
-    if dupes:
-        raise BanditError(f"--models lists {dupes[0]!r} twice")
     if not arms:
         raise BanditError("no active arms to merge with")
     if jobs < 1:
         raise BanditError("--jobs must be at least 1")
-    base = common_base(store, models)
-    rows_of = {m: model_row(store, m) for m in models}
     fingerprints: dict[str, str] = {}
-    for path in [base["path"]] + [r["path"] for r in rows_of.values()]:
+    for path in [base, *models.values()]:
         if path not in fingerprints:
             fingerprints[path] = Checkpoint(path).fingerprint()
 
     def default_key(a: str, b: str, arm: ArmSpec) -> str:
-        return cell_key(fingerprints[rows_of[a]["path"]], fingerprints[rows_of[b]["path"]],
-                        fingerprints[base["path"]], arm, seed, evaluator.identity)
+        return cell_key(fingerprints[models[a]], fingerprints[models[b]], fingerprints[base], arm, seed,
+                        evaluator.identity)
 
     key_of = key_of or default_key
-    ordered = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+    ordered = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     records: list[dict[str, Any]] = []
     for first, second in ordered:  # features first: they need no merge, and fail early
         task = task_of(first, second)
-        probes = None if structural_only else task_probes(store, task)
         for a, b in ((first, second), (second, first)):
-            feats = pair_features(store, a, b, probes, structural_only=structural_only, device=device,
-                                  fingerprints=fingerprints).features
             rec: dict[str, Any] = {"request": f"{task}|{first}|{second}", "task": task, "model_a": a, "model_b": b}
-            rec.update({f"f:{k}": float(v) for k, v in feats.items()})
+            rec.update({f"f:{k}": float(v) for k, v in features_of(a, b, task).items()})
             records.append(rec)
 
     cache = load_cache(cache_path)
@@ -220,8 +212,7 @@ def build_table(
                 on_cell(c.a, c.b, c.arm.name, cache[c.key]["reward"], True)
 
     def job(c: Cell) -> tuple:
-        return (base["path"], rows_of[c.a]["path"], rows_of[c.b]["path"], c.arm, (c.a, c.b), evaluator, device,
-                seed, None, jobs > 1)
+        return (base, models[c.a], models[c.b], c.arm, (c.a, c.b), evaluator, device, seed, None, jobs > 1)
 
     def record(c: Cell, result: dict[str, Any], n: int) -> None:
         cache[c.key] = result
