@@ -539,11 +539,12 @@ def outcomes_cmd(models, more_models, command, out, task, jobs, cache_path, time
 @click.option("--outcomes", "table_path", type=click.Path(dir_okay=False), help="Outcome table to fit the prior on.")
 @click.option("--strength", type=click.FloatRange(min=0), default=None,
               help="Pseudo-rewards per arm [default: chosen by empirical Bayes over the table's tasks].")
+@click.option("--zoo", "zoo_table", is_flag=True, help="Use the embedded zoo's table, shipped with simmerge.")
 @click.option("--replace", is_flag=True, help="Swap out a prior loaded before.")
 @click.option("--clear", is_flag=True, help="Take the loaded prior back out.")
 @db_option
 @json_option
-def fit_cmd(table_path, strength, replace, clear, db_path, as_json):
+def fit_cmd(table_path, strength, zoo_table, replace, clear, db_path, as_json):
     """Load an intercept-only prior fitted on an outcome table into the live posteriors.
 
     Each arm starts from the table's mean reward for it, worth STRENGTH rewards: live rewards
@@ -553,8 +554,14 @@ def fit_cmd(table_path, strength, replace, clear, db_path, as_json):
     from bandit.errors import BanditError
     from bandit.offline.prior import prior_from_outcomes
 
+    if zoo_table:
+        if table_path is not None:
+            raise BanditError("give either --outcomes TABLE or --zoo")
+        from zoo.outcomes import PRIOR_TABLE
+
+        table_path = str(PRIOR_TABLE)
     if clear == (table_path is not None):
-        raise BanditError("give either --outcomes TABLE or --clear")
+        raise BanditError("give either --outcomes TABLE (or --zoo) or --clear")
     if clear and (strength is not None or replace):
         raise BanditError("--strength and --replace go with --outcomes")
     prior = prior_from_outcomes(table_path, strength) if table_path else None  # a bad table fails first

@@ -90,7 +90,8 @@ def test_second_fit_needs_replace_and_clear_restores_no_prior(tmp_path, table):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["fit"], "give either --outcomes TABLE or --clear"),
+    (["fit"], "give either --outcomes TABLE (or --zoo) or --clear"),
+    (["fit", "--zoo", "--outcomes", "x.csv"], "give either --outcomes TABLE or --zoo"),
     (["fit", "--clear", "--strength", "1"], "--strength and --replace go with --outcomes"),
     (["fit", "--outcomes", "/nonexistent.csv"], "no such file"),
 ])
@@ -109,3 +110,16 @@ def test_with_a_reward_per_arm_the_prior_is_centred_on_the_live_mean(tmp_path, t
     assert rec["prior"]["level"] == pytest.approx(0.25)  # the live mean, not the table's 0.5
     assert rec["applied"]["ties"] == [2.0, pytest.approx(2 * 0.35)]
     assert json.loads(run("rebuild", "--check", "--db", db, "--json").output)["mismatched"] == []
+
+
+def test_the_zoo_table_ships_as_a_prior_for_the_default_arms(tmp_path):
+    from bandit.arms import DEFAULT_ARMS
+    from bandit.offline.outcomes import read_outcomes
+    from zoo.outcomes import PRIOR_TABLE
+
+    shipped = read_outcomes(PRIOR_TABLE)
+    rec = json.loads(run("fit", "--zoo", "--db", str(tmp_path / "b.db"), "--json").output)
+    assert sorted(rec["applied"]) == sorted(name for name, _, _ in DEFAULT_ARMS)
+    assert rec["prior"]["level"] == pytest.approx(shipped.R.mean())
+    worst = min(rec["prior"]["offsets"], key=rec["prior"]["offsets"].get)
+    assert worst == shipped.arms[int(np.argmin(shipped.R.mean(axis=0)))]

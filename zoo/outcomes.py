@@ -23,6 +23,9 @@ from typing import Any
 from bandit.arms import DEFAULT_ARMS
 from zoo.manifest import Zoo
 
+# The tiny zoo's table (task, pair and rewards; no features), shipped as an optional prior:
+# `bandit fit --zoo`.
+PRIOR_TABLE = Path(__file__).with_name("prior-outcomes.csv")
 MERGE_SEED = 0  # the demo merges with the same seed, so its rewards match the table
 
 
