@@ -118,8 +118,6 @@ def test_no_cycle_outside_merging():
     assert _cycles(nodes) == []
 
 
-@pytest.mark.xfail(strict=False, reason="merging/operators.py ↔ merging/registry.py: the mergekit helper's "
-                                        "operator-spec module removes it (#9)")
 def test_no_cycle_in_merging():
     assert _cycles({m for m in MODULES if _top(m) == "merging"}) == []
 
