@@ -30,6 +30,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +82,7 @@ class ProbeOutputCache:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files if name != META}
                 meta = json.loads(bytes(data[META]).decode("utf-8")) if META in data.files else {}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
             # Missing, or a file another tool truncated: recompute rather than fail.
             self.misses += 1
             return None
