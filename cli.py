@@ -471,33 +471,85 @@ def models_add(name, path, base, db_path, as_json):
 
 
 @main.command("features")
-@click.argument("model_a")
-@click.argument("model_b")
+@click.argument("model_a", required=False)
+@click.argument("model_b", required=False)
+@click.option("--all", "all_pairs", is_flag=True,
+              help="Every ordered pair of a catalog: of --models, else of each base's registered fine-tunes.")
+@click.option("--models", "-m", "models", cls=GreedyOption, metavar="A B [C ...]",
+              help="With --all: the fine-tunes to pair (default: all registered ones, per base).")
 @click.option("--task", "-t", help="Task whose probe texts to use (default: the built-in generic probes).")
 @click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--memory-budget", default="1GB", show_default=True,
+              help="With --all: memory for one tensor of every model at once (larger tensors are read in parts).")
 @db_option
 @json_option
-def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_json):
-    """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached."""
-    from bandit.service.context import pair_features, task_probes
+def features_cmd(model_a, model_b, all_pairs, models, task, structural_only, device, memory_budget, db_path, as_json):
+    """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached;
+    with --all, of every pair of a catalog (one read and one forward pass per model)."""
+    from bandit.service.context import catalog_features, pair_features, task_probes
     from bandit.errors import BanditError
+    from merging.errors import MergeError
+    from merging.writer import parse_size
     from store import Store
 
+    if all_pairs and (model_a or model_b):
+        raise BanditError("give either MODEL_A MODEL_B or --all [--models ...], not both")
+    if not all_pairs and (models or not (model_a and model_b)):
+        raise BanditError("name two models (MODEL_A MODEL_B), or use --all [--models A B ...]")
+    progress = not as_json and sys.stderr.isatty()
     with Store(db_path) as store:
         probes = None
         if task is not None and not structural_only:
             if store.task(task) is None:
                 raise BanditError(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
             probes = task_probes(store, task)
-        pf = pair_features(store, model_a, model_b, probes, structural_only=structural_only, device=device,
-                           progress=not as_json and sys.stderr.isatty())
+        if not all_pairs:
+            pf = pair_features(store, model_a, model_b, probes, structural_only=structural_only, device=device,
+                               progress=progress)
+            if as_json:
+                emit_json({"model_a": model_a, "model_b": model_b, "cached": pf.cached, "features": pf.features})
+                return
+            click.echo(f"{model_a} vs {model_b} ({'cached' if pf.cached else 'computed'}):")
+            for k, v in pf.features.items():
+                click.echo(f"  {k:<22} {v: .6f}")
+            return
+        try:
+            budget = parse_size(memory_budget)
+        except MergeError:
+            raise BanditError(f"--memory-budget {memory_budget!r} not understood (e.g. 1GB, 512MB, 2GiB, or bytes)") from None
+        if models:
+            catalogs = [list(models)]
+        else:
+            by_base: dict[str, list[str]] = {}
+            for row in store.models():
+                if row["base"] is not None:
+                    by_base.setdefault(row["base"], []).append(row["name"])
+            catalogs = [names for names in by_base.values() if len(names) >= 2]
+            if not catalogs:
+                raise BanditError("no base has two registered fine-tunes: register them with `bandit models add NAME PATH --base BASE`")
+        results = []
+        for names in catalogs:
+            if len(names) < 2:
+                raise BanditError("--all needs at least two models")
+            pairs = catalog_features(store, names, probes, structural_only=structural_only, device=device,
+                                     progress=progress, memory_budget=budget)
+            results.extend(pairs.values())
     if as_json:
-        emit_json({"model_a": model_a, "model_b": model_b, "cached": pf.cached, "features": pf.features})
+        emit_json({"pairs": [{"model_a": pf.model_a, "model_b": pf.model_b, "cached": pf.cached,
+                              "features": pf.features} for pf in results]})
         return
-    click.echo(f"{model_a} vs {model_b} ({'cached' if pf.cached else 'computed'}):")
-    for k, v in pf.features.items():
-        click.echo(f"  {k:<22} {v: .6f}")
+    computed = sum(not pf.cached for pf in results)
+    click.echo(f"{len(results)} ordered pairs: {computed} computed, {len(results) - computed} from the cache")
+    if results:
+        names = list(results[0].features)
+        shown = [n for n in ("kinship_cos", "kinship_pcc", "sign_agreement", "topk_overlap", "kl_mean", "top1_agreement")
+                 if n in names]
+        width = max(len(f"{pf.model_a} -> {pf.model_b}") for pf in results)
+        click.echo(f"  {'pair':<{width}}  " + "  ".join(f"{n:>14}" for n in shown))
+        for pf in results:
+            click.echo(f"  {pf.model_a + ' -> ' + pf.model_b:<{width}}  "
+                       + "  ".join(f"{pf.features[n]:>14.6f}" for n in shown))
 
 
 @models.command("list")

@@ -224,3 +224,49 @@ def test_structural_only_all_pairs(catalog, pairwise):
     got = compute_all_pairs(base, models, structural_only=True, device="cpu")
     assert all(tuple(v) == STRUCTURAL_FEATURES for v in got.values())
     _assert_close(got, pairwise, 1e-9)
+
+
+# -- the command --------------------------------------------------------------------------------
+def test_cli_features_all_fills_the_cache_for_every_pair(tmp_path, catalog, pairwise):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+    from store import Store
+
+    base, models = catalog
+    db = str(tmp_path / "cat.db")
+    runner = CliRunner()
+
+    def run(*args, code=0):
+        res = runner.invoke(main, [*args, "--db", db])
+        assert res.exit_code == code, res.output
+        return res
+
+    run("models", "add", "base", base)
+    for name in ("a", "b", "same"):
+        run("models", "add", name, models[name], "--base", "base")
+    out = json.loads(run("features", "--all", "--structural-only", "--device", "cpu", "--json").output)
+    pairs = {(p["model_a"], p["model_b"]): p for p in out["pairs"]}
+    assert set(pairs) == {(x, y) for x in ("a", "b", "same") for y in ("a", "b", "same") if x != y}
+    assert not any(p["cached"] for p in pairs.values())
+    for pair, p in pairs.items():
+        for name, value in pairwise[pair].items():
+            assert p["features"][name] == pytest.approx(value, abs=1e-9), (pair, name)
+    with Store(db) as store:
+        assert store._one("SELECT COUNT(*) AS n FROM features")["n"] == 6
+    # The single-pair command and a second --all now read the cache.
+    one = json.loads(run("features", "a", "b", "--structural-only", "--json").output)
+    assert one["cached"] and one["features"] == pairs[("a", "b")]["features"]
+    again = json.loads(run("features", "--all", "--models", "b", "a", "--structural-only", "--json").output)
+    assert [(p["model_a"], p["model_b"], p["cached"]) for p in again["pairs"]] == [("b", "a", True), ("a", "b", True)]
+    text = run("features", "--all", "--structural-only").output
+    assert "6 ordered pairs: 0 computed, 6 from the cache" in text
+    # Mistakes: one line, exit 1, nothing stored.
+    for args in (("features", "a", "b", "--all"), ("features", "a"),
+                 ("features", "--all", "--memory-budget", "lots", "--structural-only")):
+        res = run(*args, code=1)
+        assert res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
+    with Store(db) as store:
+        assert store._one("SELECT COUNT(*) AS n FROM features")["n"] == 6

@@ -345,7 +345,7 @@ class Service:
     ) -> Proposal:
         """Choose operator, order and pair for merging two of `models` (registered fine-tunes
         of one base) for `task`: features for every ordered pair (cached), then `propose`."""
-        from bandit.service.context import common_base, pair_features, task_probes
+        from bandit.service.context import catalog_features, common_base, task_probes
 
         task = check_task_name(task)
         models = list(models)
@@ -357,12 +357,10 @@ class Service:
         probes = None if structural_only else task_probes(self.store, task)
         pairs = [(a, b) for a in models for b in models if a != b]
         paths = {m: self.store.model(m)["path"] for m in models}
-        fingerprints: dict[str, str] = {}
-        contexts = [
-            pair_features(self.store, a, b, probes, structural_only=structural_only, device=device,
-                          progress=progress, fingerprints=fingerprints).features
-            for a, b in pairs
-        ]
+        # Every pair from one read (and one forward pass) per model, not three per pair.
+        by_pair = catalog_features(self.store, models, probes, structural_only=structural_only, device=device,
+                                   progress=progress)
+        contexts = [by_pair[pair].features for pair in pairs]
         inputs = [(base["path"], [paths[a], paths[b]]) for a, b in pairs]
         return self.propose(task, contexts, pairs, seed=seed, inputs=inputs)
 
