@@ -35,8 +35,9 @@ from features.errors import FeatureError
 from features.structural import (FLOAT_DTYPES, TOPK_FRACTION, TOPK_MARGIN, TOPK_SAMPLE, DeltaStats, _Dots,
                                  block_of, group_of)
 
-# float64 entries in one work matrix (N rows × chunk): 8 MB, a few of them live at once.
-WORK_ENTRIES = 1 << 20
+# float64 entries in one work matrix (N rows × chunk): 2 MB, so that the four alive at once
+# stay in the CPU's cache while the ~20 operations of a chunk run over them.
+WORK_ENTRIES = 1 << 18
 DEFAULT_MEMORY_BUDGET = 1 << 30
 # Work matrices alive at once during a pass (X, D, a sign/magnitude buffer, a mask).
 _WORK_MATRICES = 4
@@ -52,6 +53,16 @@ class _Bracket:
     lo: float
     hi: float
     widenings: int = 0
+
+
+@dataclass
+class _PassResult:
+    gram: object = None          # this tensor's D Dᵀ
+    sample: object = None        # |δ| at the sample's entries (N × s)
+    above: list | None = None    # per model, entries above its bracket
+    inside: list | None = None   # per model, the |δ| inside its bracket
+    inter: object = None         # mask intersections (sure parts only, when brackets were given)
+    open_columns: object = None  # entries some bracket left open
 
 
 @dataclass
@@ -91,8 +102,7 @@ class AllPairsStats:
     # -- one tensor ------------------------------------------------------------------------
     def add(self, name: str, numel: int, read: Reader, *, in_memory: bool) -> None:
         """Add one tensor of every model. `read(start, stop)` gives those entries of the base
-        and of each model; `in_memory` says re-reading them costs no I/O (the sample for the
-        top-k bracket is then taken up front, saving one pass)."""
+        and of each model; `in_memory` says re-reading them costs no I/O."""
         import torch
 
         if numel == 0:
@@ -105,28 +115,37 @@ class AllPairsStats:
             mags = (torch.stack([m.to(torch.float64) for m in models]) - base.to(torch.float64)).abs_()
             thresholds = torch.kthvalue(mags, numel - k + 1, dim=1).values
             del mags, base, models
-            gram, _, _, inter = self._pass(numel, read, stats=True, thresholds=thresholds)
-        else:
-            sample_idx = self._sample_indices(numel)
-            if in_memory:
-                base, models = read(0, numel)
-                idx = sample_idx.to(base.device)
-                sample = (torch.stack([m[idx].to(torch.float64) for m in models]) - base[idx].to(torch.float64)).abs_()
-                del base, models
-                brackets = self._brackets(sample, k, numel)
-                gram, _, banded, _ = self._pass(numel, read, stats=True, brackets=brackets)
+            done = self._pass(numel, read, stats=True, thresholds=thresholds)
+            inter = done.inter
+        elif in_memory:
+            # One pass gives the statistics, each model's count above its bracket and the
+            # entries inside it (so its exact threshold), and the intersections of the parts of
+            # the masks that are already sure; only the columns some bracket left open are then
+            # gathered again and settled.
+            base, models = read(0, numel)
+            idx = self._sample_indices(numel).to(base.device)
+            sample = (torch.stack([m[idx].to(torch.float64) for m in models]) - base[idx].to(torch.float64)).abs_()
+            del base, models
+            brackets = self._brackets(sample, k, numel)
+            done = self._pass(numel, read, stats=True, brackets=brackets, undecided=True)
+            thresholds, widened = self._settle(numel, read, sample, brackets, done)
+            if widened:
+                inter = self._pass(numel, read, stats=False, thresholds=thresholds).inter
             else:
-                gram, sample, _, _ = self._pass(numel, read, stats=True, sample_idx=sample_idx)
-                brackets = self._brackets(sample, k, numel)
-                banded = None
-            thresholds = self._settle(numel, read, sample, brackets, banded)
-            _, _, _, inter = self._pass(numel, read, stats=False, thresholds=thresholds)
+                inter = self._settle_open_columns(numel, read, done, brackets, thresholds)
+        else:
+            # Read in parts: every pass reads again, so the sample is gathered during the
+            # statistics pass, the brackets counted in a second and the masks formed in a third.
+            done = self._pass(numel, read, stats=True, sample_idx=self._sample_indices(numel))
+            brackets = self._brackets(done.sample, k, numel)
+            thresholds, _ = self._settle(numel, read, done.sample, brackets, None)
+            inter = self._pass(numel, read, stats=False, thresholds=thresholds).inter
         self._add_topk(numel, inter)
-        self._add_grouped(name, gram)
+        self._add_grouped(name, done.gram)
 
-    def _pass(self, numel: int, read: Reader, *, stats: bool, sample_idx=None, brackets=None, thresholds=None):
-        """One walk over the tensor's chunks. Returns (this tensor's D Dᵀ, the gathered sample,
-        (counts above each bracket, entries inside it), the top-k mask intersections)."""
+    def _pass(self, numel: int, read: Reader, *, stats: bool, sample_idx=None, brackets=None, thresholds=None,
+              undecided: bool = False) -> "_PassResult":
+        """One walk over the tensor's chunks; what it gathers depends on what it is given."""
         import torch
 
         n, c = self.n_models, self.chunk_for(numel)
@@ -134,9 +153,13 @@ class AllPairsStats:
         x = torch.empty(n, c, dtype=f64, device=self.device)
         d = torch.empty(n, c, dtype=f64, device=self.device)
         work = torch.empty(n, c, dtype=f64, device=self.device)
-        gram = torch.zeros(n, n, dtype=f64, device=self.device) if stats else None
-        inter = torch.zeros(n, n, dtype=f64, device=self.device) if thresholds is not None else None
-        samples, above, inside = [], [], [[] for _ in range(n)]
+        flat = torch.empty(c, dtype=f64, device=self.device)
+        out = _PassResult()
+        out.gram = torch.zeros(n, n, dtype=f64, device=self.device) if stats else None
+        if thresholds is not None or undecided:
+            out.inter = torch.zeros(n, n, dtype=f64, device=self.device)
+        samples, open_columns, inside = [], [], [[] for _ in range(n)]
+        above = torch.zeros(n, dtype=f64, device=self.device)
         if brackets is not None:
             lo = torch.tensor([[max(b.lo, _TINY)] for b in brackets], dtype=f64, device=self.device)
             hi = torch.tensor([[b.hi] for b in brackets], dtype=f64, device=self.device)
@@ -146,33 +169,61 @@ class AllPairsStats:
             stop = min(start + c, numel)
             m = stop - start
             base, models = read(start, stop)
-            xs, ds, ws = x[:, :m], d[:, :m], work[:, :m]
+            xs, ds, ws, b = x[:, :m], d[:, :m], work[:, :m], flat[:m]
             for row, model in enumerate(models):
                 xs[row].copy_(model)
-            torch.sub(xs, base.to(f64), out=ds)
+            b.copy_(base)
+            torch.sub(xs, b, out=ds)
             del base, models
             if stats:
-                self._add_chunk_stats(xs, ds, ws, gram)
+                self._add_chunk_stats(xs, ds, ws, out.gram)
             if sample_idx is not None:
                 lo_pos, hi_pos = (int(v) for v in torch.searchsorted(sample_idx, torch.tensor([start, stop])))
                 if hi_pos > lo_pos:
                     samples.append(ds[:, (sample_idx[lo_pos:hi_pos] - start).to(self.device)].abs())
-            if brackets is not None or thresholds is not None:
-                torch.abs(ds, out=ws)
+            if brackets is None and thresholds is None:
+                continue
+            torch.abs(ds, out=ws)
             if brackets is not None:
-                above.append(torch.count_nonzero(ws > hi, dim=1))
+                sure = (ws > hi).to(f64)
+                above += sure.sum(dim=1)
+                if undecided:
+                    out.inter += sure @ sure.T
                 band = (ws >= lo) & (ws <= hi)
                 for row in range(n):
                     inside[row].append(ws[row][band[row]])  # indexing copies
+                if undecided:
+                    open_columns.append(torch.nonzero(band.any(dim=0)).reshape(-1) + start)
             if thresholds is not None:
                 mask = ((ws >= thr) & (ws > 0)).to(f64)
-                inter += mask @ mask.T
-        sample = torch.cat(samples, dim=1) if samples else None
-        banded = None
+                out.inter += mask @ mask.T
+        out.sample = torch.cat(samples, dim=1) if samples else None
         if brackets is not None:
-            counts = torch.stack(above).sum(dim=0).tolist() if above else [0] * n
-            banded = ([int(v) for v in counts], [torch.cat(rows) if rows else x.new_empty(0) for rows in inside])
-        return gram, sample, banded, inter
+            out.above = [int(v) for v in above.tolist()]
+            out.inside = [torch.cat(rows) if rows else x.new_empty(0) for rows in inside]
+        if undecided:
+            out.open_columns = torch.cat(open_columns) if open_columns else torch.empty(0, dtype=torch.long)
+        return out
+
+    def _settle_open_columns(self, numel: int, read: Reader, done: "_PassResult", brackets, thresholds):
+        """The mask intersections from the sure ones: on the columns some bracket left open, swap
+        the sure masks' products for the final masks' (elsewhere the two masks are equal)."""
+        import torch
+
+        f64 = torch.float64
+        n, c = self.n_models, self.chunk_for(numel)
+        hi = torch.tensor([[b.hi] for b in brackets], dtype=f64, device=self.device)
+        thr = thresholds.to(device=self.device, dtype=f64).reshape(n, 1)
+        inter = done.inter
+        base, models = read(0, numel)
+        cols_all = done.open_columns.to(base.device)
+        for start in range(0, cols_all.numel(), c):
+            cols = cols_all[start:start + c]
+            mags = (torch.stack([mdl[cols].to(f64) for mdl in models]) - base[cols].to(f64)).abs_()
+            sure = (mags > hi).to(f64)
+            final = ((mags >= thr) & (mags > 0)).to(f64)
+            inter = inter - sure @ sure.T + final @ final.T
+        return inter
 
     def _add_chunk_stats(self, xs, ds, ws, gram) -> None:
         import torch
@@ -234,31 +285,34 @@ class AllPairsStats:
             out.append(_Bracket(k, lo, hi, w))
         return out
 
-    def _settle(self, numel: int, read: Reader, sample, brackets: list[_Bracket], banded):
-        """The exact k-th largest |δ| of every model from what its bracket counted."""
+    def _settle(self, numel: int, read: Reader, sample, brackets: list[_Bracket], done):
+        """The exact k-th largest |δ| of every model from what its bracket counted (a pass over
+        the brackets first when `done` has not counted them). Returns (thresholds, whether any
+        bracket missed and was widened)."""
         import torch
 
         thresholds: list[float | None] = [None] * self.n_models
+        widened = False
         while True:
-            if banded is None:
-                _, _, banded, _ = self._pass(numel, read, stats=False, brackets=brackets)
-            above, inside = banded
+            if done is None:
+                done = self._pass(numel, read, stats=False, brackets=brackets)
             for row, br in enumerate(brackets):
                 if thresholds[row] is not None:
                     continue
-                values = inside[row]
-                need = br.k - above[row]
+                values = done.inside[row]
+                need = br.k - done.above[row]
                 if 0 < need <= values.numel():
                     thresholds[row] = float(torch.kthvalue(values, values.numel() - need + 1).values)
                 elif need > values.numel() and br.lo <= 0.0:
                     thresholds[row] = 0.0  # fewer than k non-zero entries: all of them are kept
             missed = [row for row, t in enumerate(thresholds) if t is None]
             if not missed:
-                return torch.tensor(thresholds, dtype=torch.float64)
+                return torch.tensor(thresholds, dtype=torch.float64), widened
             self.topk_widenings += 1
+            widened = True
             widenings = [br.widenings + (1 if row in missed else 0) for row, br in enumerate(brackets)]
             brackets = self._brackets(sample, brackets[0].k, numel, widenings)
-            banded = None
+            done = None
 
     # -- accumulating ------------------------------------------------------------------------
     def _add_topk(self, numel: int, inter) -> None:
@@ -318,12 +372,13 @@ def _exact_for_identical_rows(gram, rows) -> None:
     instead of 0. Rows whose norms agree bitwise are compared, and equal ones made exact."""
     import torch
 
-    diag = torch.diagonal(gram).tolist()
-    n = len(diag)
-    for i in range(n):
-        for j in range(i + 1, n):
-            if diag[i] == diag[j] and (gram[i, j] != diag[i] or gram[j, i] != diag[i]) and torch.equal(rows[i], rows[j]):
-                gram[i, j] = gram[j, i] = diag[i]
+    diag = torch.diagonal(gram)
+    suspect = (diag[:, None] == diag[None, :]) & (gram != diag[:, None])
+    if not bool(suspect.any()):
+        return
+    for i, j in suspect.nonzero().tolist():
+        if i != j and torch.equal(rows[i], rows[j]):
+            gram[i, j] = gram[j, i] = diag[i]
 
 
 # -- reading a catalog -----------------------------------------------------------------------
