@@ -38,6 +38,7 @@ from features.structural import (FLOAT_DTYPES, TOPK_FRACTION, TOPK_MARGIN, TOPK_
 # float64 entries in one work matrix (N rows × chunk): 2 MB, so that the four alive at once
 # stay in the CPU's cache while the ~20 operations of a chunk run over them.
 WORK_ENTRIES = 1 << 18
+GPU_WORK_ENTRIES = 1 << 24
 DEFAULT_MEMORY_BUDGET = 1 << 30
 # Work matrices alive at once during a pass (X, D, a sign/magnitude buffer, a mask).
 _WORK_MATRICES = 4
@@ -454,7 +455,9 @@ def scan_catalog(base: str, models: dict[str, str], *, device: str = "auto",
     # The work matrices take at most half the budget; a tensor whose copies fit the rest is
     # read whole, once.
     if chunk is None:
-        chunk = max(256, min(WORK_ENTRIES // n, memory_budget // (2 * _WORK_MATRICES * 8 * n)))
+        # On a GPU, cache-sized chunks would be all kernel launches: take large ones.
+        per_matrix = WORK_ENTRIES if dev.type == "cpu" else GPU_WORK_ENTRIES
+        chunk = max(256, min(per_matrix // n, memory_budget // (2 * _WORK_MATRICES * 8 * n)))
     stats = AllPairsStats(n, device=dev, chunk=chunk, topk_sample=topk_sample, topk_margin=topk_margin)
     work_bytes = _WORK_MATRICES * 8 * n * chunk
     bytes_read = 0
