@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bandit.service.catalog import model_row
-from bandit.errors import BanditError
+from bandit.errors import BanditError, InvalidInput
 
 
 @dataclass
@@ -99,7 +99,7 @@ def catalog_features(
     from merging.checkpoint import Checkpoint
 
     if len(set(names)) != len(names):
-        raise BanditError("a model is named twice")
+        raise InvalidInput("a model is named twice")
     base = common_base(store, names)
     rows = {n: model_row(store, n) for n in names}
     known = fingerprints if fingerprints is not None else {}
@@ -134,3 +134,21 @@ def catalog_features(
             store.put_features(key(a, b), {"model_a": a, "model_b": b, "fp_a": fp[a], "fp_b": fp[b], **common}, values)
             out.setdefault((a, b), PairFeatures(a, b, values, False))
     return {(a, b): out[(a, b)] for a in names for b in names if a != b}
+
+
+def catalogs(store, models: list[str] | None) -> list[list[str]]:
+    """The model lists to pair: `models` as given, else each base's registered fine-tunes
+    (bases with fewer than two are skipped)."""
+    if models:
+        if len(models) < 2:
+            raise InvalidInput("all pairs need at least two models (--models A B [C ...])")
+        return [list(models)]
+    by_base: dict[str, list[str]] = {}
+    for row in store.models():
+        if row["base"] is not None:
+            by_base.setdefault(row["base"], []).append(row["name"])
+    found = [names for names in by_base.values() if len(names) >= 2]
+    if not found:
+        raise InvalidInput("no base has two registered fine-tunes: register them with "
+                           "`bandit models add NAME PATH --base BASE`")
+    return found

@@ -4,10 +4,9 @@ Runs without numpy so that `bandit reward` starts fast (see `bandit.policies.rid
 """
 from __future__ import annotations
 
-import math
-
+from bandit.errors import Conflict, NotFound
+from bandit.inputs import parse_event_id, parse_reward
 from bandit.policies import ridge
-from bandit.errors import BanditError
 
 RIDGE = "ridge"  # the posteriors' reward model shared by linucb, lints and egreedy
 DEFAULT_LAMBDA = 1.0
@@ -28,36 +27,13 @@ class RewardOutcome:
         self.pulls = pulls  # rewards the arm's posterior has learned from
         self.context = context  # the chosen action's context, as learned from
 
+    def to_dict(self) -> dict:
+        return {"event_id": self.event_id, "arm": self.arm, "reward": self.value, "duplicate": self.duplicate,
+                "pulls": self.pulls}
+
     def __repr__(self) -> str:
         return (f"RewardOutcome(event_id={self.event_id}, arm={self.arm!r}, value={self.value}, "
                 f"duplicate={self.duplicate}, pulls={self.pulls})")
-
-
-def parse_event_id(text: str | int) -> int:
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise BanditError(f"{text!r} is not an event id (event ids are whole numbers)") from None
-    if value < 1:
-        raise BanditError(f"{text!r} is not an event id (event ids start at 1)")
-    return value
-
-
-def parse_finite(text: str | float, what: str) -> float:
-    """A finite float from user input; anything else is a one-line error naming `what`."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise BanditError(f"{what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise BanditError(f"{what}: {text!r} is not a finite number")
-    return value
-
-
-def parse_reward(text: str | float) -> float:
-    return parse_finite(text, "reward")
 
 
 def chosen_context(event: dict) -> dict[str, float]:
@@ -76,7 +52,7 @@ def arm_prior(store, arm: str, lam: float) -> tuple[list[str], object, object]:
     return [], A, b
 
 
-def record_reward(store, event_id: int | str, value: float | str, update=ridge.update) -> RewardOutcome:
+def record_reward(store, event_id: int | str, value: float | str) -> RewardOutcome:
     """Store the reward of one event and update the chosen arm's posterior in one transaction.
 
     The same value twice is a no-op; a different second value, an unknown event or a value
@@ -87,21 +63,21 @@ def record_reward(store, event_id: int | str, value: float | str, update=ridge.u
     with store.transaction():
         event = store.event_for_reward(event_id)
         if event is None:
-            raise BanditError(f"no event {event_id}")
+            raise NotFound(f"no event {event_id}")
         if event["reward"] is not None:
             if event["reward"] == value:
                 post = store.posterior(RIDGE, event["arm"])
                 return RewardOutcome(event_id, event["arm"], value, True, post["n"] if post else 0, chosen_context(event))
-            raise BanditError(
+            raise Conflict(
                 f"event {event_id} already has reward {event['reward']!r}; refusing a different value {value!r}"
             )
         store.insert_reward(event_id, value)
         context = chosen_context(event)
-        n, _ = apply_to_posterior(store, event["arm"], context, value, update)
+        n, _ = apply_to_posterior(store, event["arm"], context, value)
     return RewardOutcome(event_id, event["arm"], value, False, n, context)
 
 
-def apply_to_posterior(store, arm: str, context: dict[str, float], value: float, update=ridge.update) -> tuple[int, int]:
+def apply_to_posterior(store, arm: str, context: dict[str, float], value: float) -> tuple[int, int]:
     """A += xxᵀ, b += r·x on the stored posterior of `arm` (inside the caller's transaction)."""
     row = store.posterior(RIDGE, arm)
     if row is None:
@@ -112,6 +88,6 @@ def apply_to_posterior(store, arm: str, context: dict[str, float], value: float,
         lam, schema, n, version = row["lam"], row["schema"], row["n"], row["version"]
         A, b = ridge.load(row["A"]), ridge.load(row["b"])
     schema, A, b = ridge.extend(schema, A, b, lam, ridge.new_names(schema, context))
-    update(A, b, ridge.vector(schema, context), value)
+    ridge.update(A, b, ridge.vector(schema, context), value)
     store.put_posterior(RIDGE, arm, schema, lam, ridge.dump(A), ridge.dump(b), n + 1, version + 1)
     return n + 1, version + 1
