@@ -380,11 +380,10 @@ def models_add(name, path, base, db_path, as_json):
 
 
 @main.command("features")
-@click.argument("model_a", required=False)
-@click.argument("model_b", required=False)
+@click.argument("names", nargs=-1, metavar="[MODEL_A MODEL_B]")
 @click.option("--all", "all_pairs", is_flag=True,
               help="Every ordered pair of a catalog: of --models, else of each base's registered fine-tunes.")
-@click.option("--models", "-m", "models", cls=GreedyOption, metavar="A B [C ...]",
+@click.option("--models", "-m", "models", multiple=True, metavar="A B [C ...]",
               help="With --all: the fine-tunes to pair (default: all registered ones, per base).")
 @click.option("--task", "-t", help="Task whose probe texts to use (default: the built-in generic probes).")
 @click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
@@ -393,22 +392,27 @@ def models_add(name, path, base, db_path, as_json):
               help="With --all: memory for one tensor of every model at once (larger tensors are read in parts).")
 @db_option
 @json_option
-def features_cmd(model_a, model_b, all_pairs, models, task, structural_only, device, memory_budget, db_path, as_json):
+def features_cmd(names, all_pairs, models, task, structural_only, device, memory_budget, db_path, as_json):
     """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached;
-    with --all, of every pair of a catalog (one read and one forward pass per model)."""
+    with --all, of every pair of a catalog (one read and one forward pass per model).
+
+    `--models A B C` takes every word up to the next option (click reads B and C as
+    arguments; they are only accepted after --models)."""
     from bandit import render
     from bandit.errors import InvalidInput
 
     progress = not as_json and sys.stderr.isatty()
     if all_pairs:
-        if model_a or model_b:
+        if names and not models:
             raise InvalidInput("give either MODEL_A MODEL_B or --all [--models ...], not both")
-        rows = _service(db_path).all_pair_features(models or None, task=task, structural_only=structural_only,
-                                                   device=device, progress=progress, memory_budget=memory_budget)
+        rows = _service(db_path).all_pair_features(tuple(models) + tuple(names) or None, task=task,
+                                                   structural_only=structural_only, device=device,
+                                                   progress=progress, memory_budget=memory_budget)
         emit_json({"pairs": rows}) if as_json else click.echo(render.catalog_features(rows))
         return
-    if models or not (model_a and model_b):
+    if models or len(names) != 2:
         raise InvalidInput("name two models (MODEL_A MODEL_B), or use --all [--models A B ...]")
+    model_a, model_b = names
     f = _service(db_path).features(model_a, model_b, task=task, structural_only=structural_only, device=device,
                                    progress=progress)
     emit_json(f) if as_json else click.echo(render.features(f))

@@ -52,11 +52,8 @@ weights, which the structural features already cover.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 from features.errors import FeatureError
-from features.functional import FUNCTIONAL_FEATURES, MAX_TOKENS, resolve_probes
+from features.functional import FUNCTIONAL_FEATURES, probe_hash
 from features.structural import STRUCTURAL_FEATURES
 
 FEATURE_SET = "simmerge-sim"
@@ -75,14 +72,6 @@ __all__ = [
 def feature_names(*, structural_only: bool = False) -> tuple[str, ...]:
     """The names `compute_features` returns, in order: the schema a policy stores."""
     return STRUCTURAL_FEATURES if structural_only else FEATURE_NAMES
-
-
-def probe_hash(probes: list[str] | None) -> str:
-    """A digest of the probe texts as they will be used (None: the built-in set), with the
-    token cut, so that equal probe sets share cache entries and different ones never do."""
-    texts = resolve_probes(probes)
-    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS}, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
 def compute_features(base: str, a: str, b: str, probes: list[str] | None = None, *,

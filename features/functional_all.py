@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from features.errors import FeatureError
 from features.functional import (BATCH_SIZE, MAX_TOKENS, entropy_rows, js_rows, kl_rows, linear_cka, load_tokenizer,
-                                 make_batches, resolve_probes, row_cos, squash, tokenize)
+                                 make_batches, probe_hash, resolve_probes, row_cos, squash, tokenize)
 
 OUTPUTS_KIND = "functional"
 # Bump when what an entry holds changes meaning (not for new feature formulas on top of it).
@@ -40,8 +40,6 @@ class ProbeInputs:
 
 def prepare_inputs(probes: list[str] | None, tokenizer_folders: list, *, max_tokens: int = MAX_TOKENS,
                    batch_size: int = BATCH_SIZE) -> ProbeInputs:
-    from features import probe_hash
-
     texts = resolve_probes(probes)
     tok = load_tokenizer(tokenizer_folders)
     ids = tokenize(tok, texts, max_tokens)

@@ -264,7 +264,7 @@ def test_cli_features_all_fills_the_cache_for_every_pair(tmp_path, catalog, pair
     text = run("features", "--all", "--structural-only").output
     assert "6 ordered pairs: 0 computed, 6 from the cache" in text
     # Mistakes: one line, exit 1, nothing stored.
-    for args in (("features", "a", "b", "--all"), ("features", "a"),
+    for args in (("features", "a", "b", "--all"), ("features", "a"), ("features", "a", "b", "--models", "c"),
                  ("features", "--all", "--memory-budget", "lots", "--structural-only")):
         res = run(*args, code=1)
         assert res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
