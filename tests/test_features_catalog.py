@@ -270,3 +270,48 @@ def test_cli_features_all_fills_the_cache_for_every_pair(tmp_path, catalog, pair
         assert res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
     with Store(db) as store:
         assert store._one("SELECT COUNT(*) AS n FROM features")["n"] == 6
+
+
+# -- the compact (top-k) form for large vocabularies ----------------------------------------
+@pytest.mark.parametrize("k", [6, 64])
+def test_topk_cache_gives_the_stated_bounds_around_the_exact_values(catalog, tmp_path, k):
+    """Cached as top-k (forced on the 64-token vocabulary): per position, KL and the JS lower
+    bound are <= the exact values <= the JS upper bound, the entropy lies in its interval; with
+    k = vocabulary everything is exact again. top-1 and hidden-state features stay exact."""
+    import torch
+
+    from features.functional_all import (compact_divergences, compact_entropy_bounds, functional_all_pairs,
+                                         model_outputs, pair_from_outputs, prepare_inputs)
+    from features.functional import entropy_rows, js_rows, kl_rows
+    from features.probe_outputs import ProbeOutputCache
+
+    base, models = catalog
+    inputs = prepare_inputs(PROBES, [base])
+    cache = ProbeOutputCache(tmp_path / "cache")
+    dev = torch.device("cpu")
+    exact = {m: model_outputs(models[m], inputs, dev, cache)[0] for m in ("a", "b")}
+    compact = {m: model_outputs(models[m], inputs, dev, cache, exact_vocab_max=0, topk=k)[0] for m in ("a", "b")}
+    assert exact["a"].exact and not compact["a"].exact and compact["a"].top_ids.shape[1] == k
+    kl_lo, js_lo, js_hi = compact_divergences(compact["a"], compact["b"])
+    kl, js = kl_rows(exact["a"].logp, exact["b"].logp), js_rows(exact["a"].logp, exact["b"].logp)
+    assert bool((kl_lo <= kl + 1e-9).all()) and bool((js_lo <= js + 1e-9).all()) and bool((js <= js_hi + 1e-9).all())
+    h_lo, h_hi = compact_entropy_bounds(compact["a"])
+    h = entropy_rows(exact["a"].logp)
+    assert bool((h_lo <= h + 1e-6).all()) and bool((h <= h_hi + 1e-6).all())
+    if k == 64:
+        for got, want in ((kl_lo, kl), (js_lo, js), (js_hi, js), (h_lo, h), (h_hi, h)):
+            assert float((got - want).abs().max()) < 1e-5
+    else:
+        assert float((kl - kl_lo).max()) > 1e-4  # the bound is a bound here, not the value
+    numbers = dict(kl_base_a=0.1, kl_base_b=0.2, entropy_a=1.0, entropy_b=1.5)
+    want, _ = pair_from_outputs(exact["a"], exact["b"], **numbers)
+    got, _ = pair_from_outputs(compact["a"], compact["b"], **numbers)
+    for name in ("top1_agreement", "hidden_cos_mean", "hidden_cos_min", "hidden_cos_last", "cka_last"):
+        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+    for name in ("kl_mean", "kl_median", "kl_p90", "js_mean"):
+        assert got[name] <= want[name] + 1e-9, name
+    # Through the catalog entry point the forms are separate cache entries, not mixed up.
+    pairs = functional_all_pairs(base, {m: models[m] for m in ("a", "b")}, PROBES, device="cpu", cache=cache,
+                                 exact_vocab_max=0, topk=k)
+    assert pairs.model_loads == 1  # only the base: a and b were cached in this form above
+    assert pairs.pairs[("a", "b")]["kl_mean"] <= want["kl_mean"] + 1e-9
