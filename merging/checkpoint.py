@@ -259,7 +259,7 @@ class Checkpoint:
                 done += n
         except OSError as e:
             raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e.strerror or e})") from None
-        return buffer.view(_torch_dtype(info.dtype))
+        return buffer.view(torch_dtype(info.dtype))
 
     def _file_handle(self, file: str) -> tuple[int, int]:
         handle = self._open.get(file)
