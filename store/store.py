@@ -201,6 +201,11 @@ class Store:
         except sqlite3.IntegrityError:
             raise StoreError(f"arm {name!r} exists already", kind="conflict") from None
 
+    def set_arm_prior_stats(self, name: str, schema: list[str], prior_A: bytes, prior_b: bytes) -> None:
+        """The statistics an arm's posterior starts from (rebuild replays rewards on top)."""
+        self.conn.execute("UPDATE arms SET prior_schema = ?, prior_A = ?, prior_b = ? WHERE name = ?",
+                          (json.dumps(schema), prior_A, prior_b, name))
+
     def set_arm_prior(self, name: str, prior_A: bytes) -> None:
         self.conn.execute("UPDATE arms SET prior_A = ? WHERE name = ?", (prior_A, name))
 
