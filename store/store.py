@@ -29,6 +29,36 @@ def _row(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return {d[0]: v for d, v in zip(cursor.description, row)}
 
 
+def _explain(path: str, e: sqlite3.Error) -> StoreError:
+    """sqlite3's error as the store's own, in words a user can act on."""
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        why = f"the database is locked: another process held it longer than {BUSY_TIMEOUT_MS // 1000} s; try again"
+    elif "readonly" in text or "read-only" in text:
+        why = "the database is read-only (check the permissions of the file and its folder)"
+    elif "full" in text:
+        why = "the disk is full (or the database reached its size limit)"
+    else:
+        why = f"database error ({text})"
+    err = StoreError(f"{path}: {why}; nothing was changed")
+    err.sqlite_message = text
+    return err
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose every statement reports failures as `StoreError`."""
+
+    db_path = ""
+
+    def execute(self, sql, parameters=()):
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as e:
+            raise _explain(self.db_path, e) from None
+
+
 class Store:
     """One SQLite database: catalog (arms, tasks, models), events, rewards, posteriors, caches."""
 
@@ -43,7 +73,9 @@ class Store:
         if not create and not os.path.exists(self.path):
             raise StoreError(f"{self.path}: no such database (check --db or $BANDIT_DB)")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                        factory=_Connection)
+            self.conn.db_path = self.path
             self.conn.row_factory = _row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
@@ -59,6 +91,10 @@ class Store:
                 migrate(self.conn)  # raises the "newer than this simmerge" error
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not a usable SQLite database ({e})") from None
+        except StoreError as e:
+            if "database error (" not in str(e):
+                raise  # locked, read-only, full: already in words
+            raise StoreError(f"{self.path}: not a usable SQLite database ({getattr(e, 'sqlite_message', e)})") from None
         self._depth = 0
 
     def close(self) -> None:
@@ -84,12 +120,19 @@ class Store:
         self._depth = 1
         try:
             yield self
+            self.conn.execute("COMMIT")  # a full disk may refuse the commit itself
         except BaseException:
-            self._depth = 0
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._depth = 0
-        self.conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except StoreError:
+                pass  # SQLite rolls back on its own when it cannot
 
     def _one(self, sql: str, params: tuple = ()) -> dict | None:
         return self.conn.execute(sql, params).fetchone()
@@ -124,9 +167,6 @@ class Store:
             r["params"] = json.loads(r["params"])
         return r
 
-    def count_arms(self) -> int:
-        return self._one("SELECT count(*) AS n FROM arms")["n"]
-
     def insert_arm(
         self, name: str, operator: str, params: dict, *, created_at: float | None = None,
         warm_start_from: str | None = None, shrink: float | None = None,
@@ -141,7 +181,7 @@ class Store:
                  warm_start_from, shrink, prior_schema, prior_A, prior_b),
             )
         except sqlite3.IntegrityError:
-            raise StoreError(f"arm {name!r} exists already") from None
+            raise StoreError(f"arm {name!r} exists already", kind="conflict") from None
 
     def set_arm_prior(self, name: str, prior_A: bytes) -> None:
         self.conn.execute("UPDATE arms SET prior_A = ? WHERE name = ?", (prior_A, name))
@@ -149,7 +189,7 @@ class Store:
     def set_arm_status(self, name: str, status: str) -> None:
         cur = self.conn.execute("UPDATE arms SET status = ? WHERE name = ?", (status, name))
         if cur.rowcount == 0:
-            raise StoreError(f"no arm named {name!r}")
+            raise StoreError(f"no arm named {name!r}", kind="not_found")
 
     # -- tasks ---------------------------------------------------------------------------
     def task(self, name: str) -> dict | None:
@@ -341,9 +381,6 @@ class Store:
             "ON p.arm = a.name AND p.model = ? WHERE a.status = 'active' ORDER BY a.created_at, a.name",
             (model,),
         )
-
-    def posterior_versions(self, model: str) -> dict[str, int]:
-        return {r["arm"]: r["version"] for r in self._all("SELECT arm, version FROM posteriors WHERE model = ?", (model,))}
 
     def put_posterior(
         self, model: str, arm: str, schema: list[str], lam: float, A: bytes, b: bytes, n: int, version: int
