@@ -252,7 +252,7 @@ def arms_list(show_all, db_path, as_json):
 @json_option
 def arms_add(name, operator, params, warm_start_from, shrink, plugins, db_path, as_json):
     """Add arm NAME: proposable at once, nothing else retrained."""
-    from bandit.arms import parse_params
+    from bandit.inputs import parse_params
     from merging.registry import load_plugin
 
     for ref in plugins:
@@ -662,7 +662,7 @@ def policy():
 @json_option
 def policy_set(name, params, db_path, as_json):
     """Make NAME (linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
-    from bandit.arms import parse_params
+    from bandit.inputs import parse_params
     from bandit.policies.registry import parse_policy_spec
 
     if ":" in name:  # the replay spelling, e.g. fixed:ties or lints:v=0.2

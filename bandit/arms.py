@@ -1,8 +1,6 @@
-"""Arms: the default set, and parsing/validating an arm's operator and parameters."""
+"""Arms: the default set, and validating an arm's name, operator and parameters."""
 from __future__ import annotations
 
-import json
-import math
 import re
 from typing import Any
 
@@ -27,37 +25,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 def check_arm_name(name: str) -> None:
     if not _NAME.match(name or ""):
         raise BanditError(f"bad arm name {name!r}: use letters, digits and _ . : + - (no spaces)")
-
-
-def parse_value(text: str) -> Any:
-    """`0.5` → 0.5, `true` → True, `0.3,0.7` → [0.3, 0.7], `[1, 2]` → [1, 2], else the string."""
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    if "," in t and not t.startswith("["):
-        return [parse_value(p) for p in t.split(",")]
-    try:
-        v = json.loads(t)
-    except json.JSONDecodeError:
-        return t
-    if isinstance(v, float) and not math.isfinite(v):
-        raise BanditError(f"parameter value {text!r} is not finite")
-    return v
-
-
-def parse_params(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """`k=v` strings into a dict, read exactly as `bandit merge --param` reads them, so an
-    arm's parameters mean what they mean in a merge; a malformed pair is a user error."""
-    from merging.errors import MergeError
-    from merging.recipe import parse_param_args
-
-    try:
-        return parse_param_args(pairs)
-    except MergeError as e:
-        raise BanditError(str(e)) from None
 
 
 def validate_operator(operator: str, params: dict[str, Any], n_models: int = 2) -> dict[str, Any]:

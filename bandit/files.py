@@ -38,13 +38,22 @@ def jsonl_objects(text: str, where: str) -> Iterator[tuple[int, dict]]:
         yield n, rec
 
 
+def _umask() -> int:
+    """The process umask. POSIX can only read it by setting it; the two calls are adjacent
+    and every writer here sets it back to the value read."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; like the database, others may read it
+        # mkstemp makes it private; give it the mode a plain open() would, as the database has
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

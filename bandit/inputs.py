@@ -6,7 +6,7 @@ The rules, for the CLI and the HTTP server alike:
 - rewards and context features lie within ±MAX_ABS_VALUE (1e6). The ridge statistics sum
   x·xᵀ and r·x over every reward: with |x|, |r| ≤ 1e6 an entry grows by at most 1e12 per
   reward, so 10⁹ rewards stay far below float64's 1.8e308. A value outside is refused at
-  the door (propose, reward, outcome tables), never stored; before this bound a single
+  the door (propose, reward), never stored; before this bound a single
   `-f a=1e200` made every later propose of that database fail for good.
 - event ids are whole numbers 1 ≤ id < 2⁶³ (SQLite's INTEGER).
 - seeds are whole numbers 0 ≤ seed < 2⁶³: numpy's generators take any non-negative
@@ -70,7 +70,9 @@ def parse_number(text: str | float | int, what: str, *, bounded: bool = False) -
     else:
         raw = str(text).strip()
         if not _is_plain_decimal(raw):
-            raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a plain decimal number")
+            if raw.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a finite number")
+            raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a number (write a plain decimal such as 0.5 or -1e-3)")
         value = float(raw)
     if value != value or value in (float("inf"), float("-inf")):
         raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a finite number")
@@ -178,7 +180,8 @@ def _scalar(text: str) -> object:
     if not t:
         raise InvalidInput("empty parameter value")
     if t[0] in "0123456789+-." or t.lower() in ("inf", "-inf", "nan", ".inf", ".nan", "null", "none", "~"):
-        raise InvalidInput(f"parameter value {t[:40]!r} is not true/false, a plain decimal number or a name")
+        raise InvalidInput(f"parameter value {t[:40]!r} is not a number (write a plain decimal such as 0.5), "
+                           "true/false or a name")
     return t
 
 

@@ -19,7 +19,7 @@ from bandit.arms import DEFAULT_ARMS
 from bandit.policies.descriptors import arm_descriptor
 from bandit.errors import BanditError
 from bandit.files import jsonl_objects, read_text
-from bandit.service.reward import parse_finite
+from bandit.inputs import parse_finite
 from bandit.policies.base import ArmSpec
 
 

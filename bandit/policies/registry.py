@@ -87,11 +87,16 @@ def _fixed(params: dict[str, Any]) -> Policy:
 def _vw(params: dict[str, Any]) -> Policy:
     from bandit.policies.vw import VWPolicy
 
+    # Only these options: raw VW arguments stored in the database would reach every later
+    # propose (`--readable_model FILE` writes files), so there is no pass-through.
     p = _take(params, "vw", {"explore": "squarecb", "gamma_scale": 10.0, "gamma_exponent": 0.5,
-                             "epsilon": 0.05, "seed": 0, "extra": ""})
+                             "epsilon": 0.05, "seed": 0})
+    seed = p["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise BanditError(f"parameter 'seed' must be a whole number from 0 to 2^31 - 1, got {seed!r}")
     return VWPolicy(explore=str(p["explore"]), gamma_scale=_num(p["gamma_scale"], "gamma_scale"),
                     gamma_exponent=_num(p["gamma_exponent"], "gamma_exponent"),
-                    epsilon=_num(p["epsilon"], "epsilon"), seed=int(_num(p["seed"], "seed")), extra=str(p["extra"]))
+                    epsilon=_num(p["epsilon"], "epsilon"), seed=seed)
 
 
 POLICIES: dict[str, Callable[[dict[str, Any]], Policy]] = {
@@ -112,7 +117,7 @@ def parse_policy_spec(text: str) -> dict[str, Any]:
 
     Returns `{"name", "params"}` after building the policy once, so a bad spec fails here.
     """
-    from bandit.arms import parse_value
+    from bandit.inputs import parse_value
 
     name, _, rest = text.strip().partition(":")
     name = name.strip()

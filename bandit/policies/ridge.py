@@ -9,7 +9,6 @@ tens of milliseconds. The numpy `Posterior` performs the very same float operati
 """
 from __future__ import annotations
 
-import math
 import sys
 from array import array
 from collections.abc import Mapping
@@ -79,11 +78,3 @@ def update(A: array, b: array, x: list[float], r: float) -> None:
         for j in range(d):
             A[row + j] += xi * x[j]
         b[i] += r * xi
-
-
-def check_context(context: Mapping[str, float]) -> None:
-    for k, v in context.items():
-        if not isinstance(k, str) or not k:
-            raise ValueError(f"feature names must be non-empty strings, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"feature {k!r} must be a finite number, got {v!r}")

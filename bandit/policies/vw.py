@@ -49,7 +49,7 @@ class VWPolicy(Policy):
 
     def __init__(
         self, explore: str = "squarecb", gamma_scale: float = 10.0, gamma_exponent: float = 0.5,
-        epsilon: float = 0.05, seed: int = 0, extra: str = "", _model_file: str | None = None,
+        epsilon: float = 0.05, seed: int = 0, _model_file: str | None = None,
     ):
         super().__init__()
         if explore not in EXPLORATIONS:
@@ -59,7 +59,7 @@ class VWPolicy(Policy):
         if not gamma_scale > 0:
             raise BanditError(f"gamma_scale must be > 0, got {gamma_scale}")
         self.explore, self.gamma_scale, self.gamma_exponent = explore, float(gamma_scale), float(gamma_exponent)
-        self.epsilon, self.seed, self.extra = float(epsilon), int(seed), str(extra)
+        self.epsilon, self.seed = float(epsilon), int(seed)
         self.reward_sum = 0.0
         self.reward_count = 0
         self._line_cache: dict[str, str] = {}
@@ -79,16 +79,12 @@ class VWPolicy(Policy):
             opts += ["--squarecb", "--gamma_scale", repr(self.gamma_scale), "--gamma_exponent", repr(self.gamma_exponent)]
         else:  # VW's own ε-greedy on its regression; our floor below adds the same ε again
             opts += ["--epsilon", repr(self.epsilon)]
-        if self.extra:
-            opts.append(self.extra)
         return " ".join(opts)
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"explore": self.explore, "epsilon": self.epsilon, "seed": self.seed}
         if self.explore == "squarecb":
             out.update(gamma_scale=self.gamma_scale, gamma_exponent=self.gamma_exponent)
-        if self.extra:
-            out["extra"] = self.extra
         return out
 
     # -- examples ------------------------------------------------------------------------
@@ -210,7 +206,7 @@ class VWPolicy(Policy):
             p = header["params"]
             policy = cls(explore=p["explore"], gamma_scale=p.get("gamma_scale", 10.0),
                          gamma_exponent=p.get("gamma_exponent", 0.5), epsilon=p["epsilon"], seed=p["seed"],
-                         extra=p.get("extra", ""), _model_file=model_tmp)
+                         _model_file=model_tmp)
         finally:
             os.unlink(model_tmp)
         policy.reward_sum = float(header["reward_sum"])

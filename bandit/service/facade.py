@@ -18,6 +18,7 @@ import numpy as np
 from bandit.policies import ridge
 from bandit.arms import DEFAULT_ARMS, check_arm_name, validate_operator
 from bandit.errors import BanditError
+from bandit.inputs import check_context, parse_seed
 from bandit.policies.linucb import RidgeArms
 from bandit.policies.registry import DEFAULT_POLICY, make_policy, policy_label
 from bandit.policies.base import Action, ArmSpec, Policy
@@ -127,10 +128,6 @@ class Service:
     # Writing a snapshot costs a few ms; a process that loads one relearns the rewards
     # after it, so it is rewritten only once it lags this many rewards behind.
     SNAPSHOT_EVERY = 32
-
-    def vw_path(self) -> str:
-        """The VW workspace of this database: saved next to it."""
-        return str(self.store.path) + self.SNAPSHOT_SUFFIX["vw"]
 
     def snapshot_path(self, policy_name: str) -> str | None:
         suffix = self.SNAPSHOT_SUFFIX.get(policy_name)
@@ -282,14 +279,10 @@ class Service:
             contexts = [{}]
         elif isinstance(contexts, Mapping):
             contexts = [contexts]
-        contexts = [dict(c) for c in contexts]
-        for c in contexts:
-            try:
-                ridge.check_context(c)
-            except ValueError as e:
-                raise BanditError(str(e)) from None
+        contexts = [check_context(dict(c)) for c in contexts]
         if candidates is not None and len(candidates) != len(contexts):
             raise BanditError("one context is needed per candidate pair")
+        seed = parse_seed(seed)
         if seed is None:
             seed = secrets.randbits(63)
         rng = np.random.default_rng(seed)
@@ -369,7 +362,7 @@ class Service:
     def merge_event(self, event_id: int | str, out_dir: str, *, device: str = "auto", progress: bool | None = None,
                     **engine_options: Any):
         """Run the merge that event EVENT_ID proposed (its recipe, as logged) into out_dir."""
-        from bandit.service.reward import parse_event_id
+        from bandit.inputs import parse_event_id
         from merging.engine import run_merge
         from merging.recipe import Recipe
 
@@ -518,12 +511,18 @@ class Service:
                 if row is None or row["schema"] != schema or row["n"] != n:
                     mismatched.append(arm)
                     continue
-                dA = np.max(np.abs(np.frombuffer(row["A"], "<f8") - np.frombuffer(ridge.dump(A), "<f8")))
-                db = np.max(np.abs(np.frombuffer(row["b"], "<f8") - np.frombuffer(ridge.dump(b), "<f8")))
+                live_A, live_b = np.frombuffer(row["A"], "<f8"), np.frombuffer(row["b"], "<f8")
+                if not (np.isfinite(live_A).all() and np.isfinite(live_b).all()):
+                    # NaN compares false with everything: a non-finite entry is a difference
+                    mismatched.append(arm)
+                    max_diff = math.inf
+                    continue
+                dA = np.max(np.abs(live_A - np.frombuffer(ridge.dump(A), "<f8")))
+                db = np.max(np.abs(live_b - np.frombuffer(ridge.dump(b), "<f8")))
                 diff = float(max(dA, db))
                 max_diff = max(max_diff, diff)
-                scale = max(1.0, float(np.max(np.abs(np.frombuffer(row["A"], "<f8")))))
-                if diff > 1e-12 * scale:
+                scale = max(1.0, float(np.max(np.abs(live_A))))
+                if not diff <= 1e-12 * scale:
                     mismatched.append(arm)
             for arm in live:
                 if arm not in fresh:

@@ -4,10 +4,9 @@ Runs without numpy so that `bandit reward` starts fast (see `bandit.policies.rid
 """
 from __future__ import annotations
 
-import math
-
+from bandit.errors import Conflict, NotFound
+from bandit.inputs import parse_event_id, parse_reward
 from bandit.policies import ridge
-from bandit.errors import BanditError
 
 RIDGE = "ridge"  # the posteriors' reward model shared by linucb, lints and egreedy
 DEFAULT_LAMBDA = 1.0
@@ -31,33 +30,6 @@ class RewardOutcome:
     def __repr__(self) -> str:
         return (f"RewardOutcome(event_id={self.event_id}, arm={self.arm!r}, value={self.value}, "
                 f"duplicate={self.duplicate}, pulls={self.pulls})")
-
-
-def parse_event_id(text: str | int) -> int:
-    if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise BanditError(f"{text!r} is not an event id (event ids are whole numbers)") from None
-    if value < 1:
-        raise BanditError(f"{text!r} is not an event id (event ids start at 1)")
-    return value
-
-
-def parse_finite(text: str | float, what: str) -> float:
-    """A finite float from user input; anything else is a one-line error naming `what`."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise BanditError(f"{what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise BanditError(f"{what}: {text!r} is not a finite number")
-    return value
-
-
-def parse_reward(text: str | float) -> float:
-    return parse_finite(text, "reward")
 
 
 def chosen_context(event: dict) -> dict[str, float]:
@@ -87,12 +59,12 @@ def record_reward(store, event_id: int | str, value: float | str, update=ridge.u
     with store.transaction():
         event = store.event_for_reward(event_id)
         if event is None:
-            raise BanditError(f"no event {event_id}")
+            raise NotFound(f"no event {event_id}")
         if event["reward"] is not None:
             if event["reward"] == value:
                 post = store.posterior(RIDGE, event["arm"])
                 return RewardOutcome(event_id, event["arm"], value, True, post["n"] if post else 0, chosen_context(event))
-            raise BanditError(
+            raise Conflict(
                 f"event {event_id} already has reward {event['reward']!r}; refusing a different value {value!r}"
             )
         store.insert_reward(event_id, value)
