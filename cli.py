@@ -57,6 +57,19 @@ def db_option(f):
     )(f)
 
 
+def server_option(f):
+    return click.option(
+        "--server", metavar="URL",
+        help="Run against a `bandit serve` at URL instead of --db (token from $BANDIT_TOKEN).",
+    )(f)
+
+
+def _client(url: str):
+    from bandit.server.client import Client
+
+    return Client(url)
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
@@ -158,9 +171,10 @@ def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
 @click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
 @click.option("--seed", type=int, help="Seed for tie-breaking and sampling (logged either way).")
+@server_option
 @db_option
 @json_option
-def propose(task, models, features, context_json, structural_only, device, merge_to, seed, db_path, as_json):
+def propose(task, models, features, context_json, structural_only, device, merge_to, seed, server, db_path, as_json):
     """Choose a merge operator (an arm) for TASK and log the decision as an event.
 
     With --models, every ordered pair of the models is a candidate: the policy picks the
@@ -168,6 +182,16 @@ def propose(task, models, features, context_json, structural_only, device, merge
     """
     from bandit.errors import BanditError
 
+    if server:
+        if merge_to:
+            raise BanditError("--merge-to runs on this machine: with --server, queue the merge with POST /v1/merges")
+        if models and (features or context_json):
+            raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
+        with _client(server) as client:
+            out = client.propose(task, models=list(models) or None, seed=seed, structural_only=structural_only,
+                                 context=None if models else _parse_context(features, context_json))
+        emit_json(out) if as_json else _print_proposal(out, merged=None)
+        return
     svc = _service(db_path)
     if models:
         if features or context_json:
@@ -184,24 +208,36 @@ def propose(task, models, features, context_json, structural_only, device, merge
             out["merged"] = _merge_event(svc, p.event_id, merge_to, device, quiet=True)
         emit_json(out)
         return
-    pair = f"  merge {p.model_a} + {p.model_b}" if p.model_a else ""
-    click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)}){pair}")
-    click.echo(f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}")
-    click.echo(f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}")
-    if merge_to:
-        _merge_event(svc, p.event_id, merge_to, device, quiet=False)
-    elif p.model_a:
-        click.echo(f"  merge it with: bandit merge --event {p.event_id} --out DIR")
-    click.echo(f"  report the result with: bandit reward {p.event_id} VALUE")
+    _print_proposal(p.to_dict(), merged=(lambda: _merge_event(svc, p.event_id, merge_to, device, quiet=False))
+                    if merge_to else None)
+
+
+def _print_proposal(p: dict, merged) -> None:
+    """The text of `propose`, from its JSON payload (local or from a server)."""
+    pair = f"  merge {p['model_a']} + {p['model_b']}" if p["model_a"] else ""
+    click.echo(f"event {p['event_id']}: {p['arm']}  ({p['operator']} {_fmt_params(p['params'])}){pair}")
+    click.echo(f"  task {p['task']}   policy {p['policy']}   p={p['prob']:.3f}")
+    click.echo(f"  predicted reward {p['predicted']:.4f}   bonus {p['bonus']:.4f}")
+    if merged is not None:
+        merged()
+    elif p["model_a"]:
+        click.echo(f"  merge it with: bandit merge --event {p['event_id']} --out DIR")
+    click.echo(f"  report the result with: bandit reward {p['event_id']} VALUE")
 
 
 @main.command()
 @click.argument("event_id")
 @click.argument("value")
+@server_option
 @db_option
 @json_option
-def reward(event_id, value, db_path, as_json):
+def reward(event_id, value, server, db_path, as_json):
     """Record the REWARD of event EVENT_ID and update its arm's posterior."""
+    if server:
+        with _client(server) as client:
+            out = client.reward(event_id, value)
+        emit_json(out) if as_json else _print_reward(out)
+        return
     # Deliberately lean imports: no numpy, no sqlite-utils, so this starts fast.
     from bandit.service.reward import record_reward
     from store import Store
@@ -209,13 +245,16 @@ def reward(event_id, value, db_path, as_json):
     # A reward belongs to an event of an existing database: never create one on a typo.
     with Store(db_path, create=False) as store:
         out = record_reward(store, event_id, value)
-    if as_json:
-        emit_json({"event_id": out.event_id, "arm": out.arm, "reward": out.value, "duplicate": out.duplicate,
-                   "pulls": out.pulls})
-    elif out.duplicate:
-        click.echo(f"event {out.event_id}: reward {out.value:g} was recorded already; nothing changed")
+    payload = {"event_id": out.event_id, "arm": out.arm, "reward": out.value, "duplicate": out.duplicate,
+               "pulls": out.pulls}
+    emit_json(payload) if as_json else _print_reward(payload)
+
+
+def _print_reward(out: dict) -> None:
+    if out["duplicate"]:
+        click.echo(f"event {out['event_id']}: reward {out['reward']:g} was recorded already; nothing changed")
     else:
-        click.echo(f"event {out.event_id}: reward {out.value:g} recorded for {out.arm} ({out.pulls} rewards)")
+        click.echo(f"event {out['event_id']}: reward {out['reward']:g} recorded for {out['arm']} ({out['pulls']} rewards)")
 
 
 @main.group()
@@ -316,14 +355,20 @@ def tasks_list(db_path, as_json):
 
 
 @main.command()
+@server_option
 @db_option
 @json_option
-def stats(db_path, as_json):
+def stats(server, db_path, as_json):
     """Per arm: proposals, rewards, mean reward, posterior mean at the average context, share."""
-    rows = _service(db_path).stats()
-    if as_json:
-        emit_json(rows)
-        return
+    if server:
+        with _client(server) as client:
+            rows = client.stats()
+    else:
+        rows = _service(db_path).stats()
+    emit_json(rows) if as_json else _print_stats(rows)
+
+
+def _print_stats(rows: list[dict]) -> None:
     click.echo(f"{'arm':<20} {'proposals':>9} {'pulls':>6} {'mean':>8} {'post.mean':>9} {'share':>6}")
     for r in rows:
         mean = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.4f}"
@@ -349,6 +394,41 @@ def rebuild(check, db_path, as_json):
     if check and not rep.clean:
         sys.exit(1)
 
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs a token.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8600, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token (default: $BANDIT_TOKEN; none on loopback).")
+@click.option("--device", default="auto", show_default=True, help="Device of the merge queue and features.")
+@click.option("--reward-window", type=float, metavar="SECONDS",
+              help="Close an event not rewarded within SECONDS: default reward (--default-reward) or expiry.")
+@click.option("--default-reward", metavar="X", help="Reward applied when the window closes (logged as default).")
+@click.option("--expire", is_flag=True, help="Mark events expired when the window closes (no reward).")
+@db_option
+def serve(host, port, token_file, device, reward_window, default_reward, expire, db_path):
+    """Run the HTTP service: the JSON API under /v1, merge jobs and the dashboard at /."""
+    from bandit.errors import BanditError
+    from bandit.inputs import parse_number
+
+    if (default_reward is not None or expire) and reward_window is None:
+        raise BanditError("--default-reward and --expire need --reward-window SECONDS")
+    if reward_window is not None and (default_reward is None) == (not expire):
+        raise BanditError("with --reward-window, give exactly one of --default-reward X or --expire")
+    from bandit.server.auth import load_token, require_token_off_loopback
+    from bandit.server.app import serve as run_server
+    from bandit.server.runtime import ServerConfig
+
+    config = ServerConfig(
+        db=db_path, device=device, token=load_token(token_file), reward_window=reward_window,
+        default_reward=None if default_reward is None else parse_number(default_reward, "--default-reward", bounded=True),
+    )
+    require_token_off_loopback(host, config.token)
+    click.echo(f"bandit serve: http://{host}:{port}/ (database {db_path}"
+               + (", token required" if config.token else "") + ")", err=True)
+    run_server(config, host=host, port=port)
 
 
 # ---------------------------------------------------------------------------------------
