@@ -77,7 +77,7 @@ class JobWorker(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
-                    ran = run_next(store, self.kind, on_start=self._started)
+                    ran = run_next(store, self.kind, on_start=self._note_start)
                 except Exception:  # noqa: BLE001 — a database hiccup must not end the worker
                     log.exception("%s worker: could not take the next job", self.kind)
                     ran = None
@@ -88,7 +88,7 @@ class JobWorker(threading.Thread):
         finally:
             store.close()
 
-    def _started(self, job_id: int) -> None:
+    def _note_start(self, job_id: int) -> None:
         self.current = job_id
 
     def stop(self) -> None:

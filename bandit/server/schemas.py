@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_CONTEXT_FEATURES = 256
+
 Scalar = float | int | bool | str
 ParamValue = Scalar | list[float | int | bool | str]
 
@@ -19,8 +21,10 @@ class Strict(BaseModel):
 class ProposeRequest(Strict):
     task: str = Field(description="Task the merge is for (created on first use).")
     models: list[str] | None = Field(None, description="Registered fine-tunes to choose a pair from.")
+    # Each feature adds a row and a column to every arm's ridge statistics (d² floats): a
+    # request with 60k features would make its first reward allocate ~29 GB.
     context: dict[str, float | int | str] | None = Field(
-        None, description="Context features name: number (instead of models).")
+        None, max_length=MAX_CONTEXT_FEATURES, description="Context features name: number (instead of models).")
     seed: int | str | None = Field(None, description="Seed for tie-breaking and sampling (logged either way).")
     structural_only: bool = Field(False, description="Weights-only features (no forward passes).")
 

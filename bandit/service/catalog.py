@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bandit.errors import BanditError
+from bandit.errors import BanditError, NotFound
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+/-]*$")
 
@@ -46,7 +46,7 @@ def add_model(store, name: str, path: str, base: str | None = None) -> dict[str,
             raise BanditError(f"model {name!r} cannot be its own base")
         base_row = store.model(base)
         if base_row is None:
-            raise BanditError(f"unknown base model {base!r}: register it first with `bandit models add {base} PATH`")
+            raise NotFound(f"unknown base model {base!r}: register it first with `bandit models add {base} PATH`")
         check_compatible(Checkpoint(base_row["path"]), ckpt)
     summary = {
         "model_type": ckpt.config.get("model_type"),
@@ -62,5 +62,5 @@ def add_model(store, name: str, path: str, base: str | None = None) -> dict[str,
 def model_row(store, name: str) -> dict[str, Any]:
     row = store.model(name)
     if row is None:
-        raise BanditError(f"unknown model {name!r}: register it with `bandit models add {name} PATH`")
+        raise NotFound(f"unknown model {name!r}: register it with `bandit models add {name} PATH`")
     return row

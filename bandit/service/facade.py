@@ -17,7 +17,7 @@ import numpy as np
 
 from bandit.policies import ridge
 from bandit.arms import DEFAULT_ARMS, check_arm_name, validate_operator
-from bandit.errors import BanditError
+from bandit.errors import BanditError, Conflict, NotFound
 from bandit.inputs import check_context, parse_seed
 from bandit.policies.linucb import RidgeArms
 from bandit.policies.registry import DEFAULT_POLICY, make_policy, policy_label
@@ -369,7 +369,7 @@ class Service:
         event_id = parse_event_id(event_id)
         event = self.store.event(event_id)
         if event is None:
-            raise BanditError(f"no event {event_id}")
+            raise NotFound(f"no event {event_id}")
         if event["model_a"] is None or "models" not in (event["recipe"] or {}):
             raise BanditError(f"event {event_id} was proposed without models (a context-only proposal): nothing to merge")
         return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress, **engine_options)
@@ -411,12 +411,12 @@ class Service:
         lam = self.policy_settings()["params"].get("lambda", 1.0)
         with self.store.transaction():
             if self.store.arm(name) is not None:
-                raise BanditError(f"arm {name!r} exists already")
+                raise Conflict(f"arm {name!r} exists already")
             prior = None
             if warm_start_from is not None:
                 donor = self.store.posterior(RIDGE, warm_start_from)
                 if self.store.arm(warm_start_from) is None or donor is None:
-                    raise BanditError(f"cannot warm-start from unknown arm {warm_start_from!r}")
+                    raise NotFound(f"cannot warm-start from unknown arm {warm_start_from!r}")
                 post = Posterior.from_blobs(donor["schema"], donor["lam"], donor["A"], donor["b"]).shrunk_copy(shrink)
                 A, b = post.blobs()
                 prior = (post.schema, A, b)
@@ -431,7 +431,7 @@ class Service:
         with self.store.transaction():
             arm = self.store.arm(name)
             if arm is None:
-                raise BanditError(f"no arm named {name!r}")
+                raise NotFound(f"no arm named {name!r}")
             if arm["status"] == "retired":
                 return
             self.store.set_arm_status(name, "retired")

@@ -96,9 +96,9 @@ def run_next(store, kind: str, on_start: Callable[[int], None] | None = None) ->
         job = sql.next_queued(store, kind)
         if job is None or not sql.start_job(store, job["id"]):
             return None
-    if on_start is not None:
-        on_start(job["id"])
     try:
+        if on_start is not None:
+            on_start(job["id"])
         output, result = (_run_merge if kind == MERGE else _run_replay)(store, job)
     except Exception as e:  # noqa: BLE001 — any failure is the job's state, never the worker's death
         message = str(e) if isinstance(e, BanditError) or type(e).__module__.split(".")[0] in (
@@ -147,4 +147,15 @@ def _run_replay(store, job: dict) -> tuple[None, dict]:
             sql.set_progress(store, job["id"], done, total)
 
     report = replay_outcomes(spec["table"], spec["policies"], spec["seeds"], progress=tick)
-    return None, report
+    return None, _plain(report)
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars and arrays as JSON values, so the report can be stored as JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
