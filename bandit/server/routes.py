@@ -35,7 +35,8 @@ def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
     return svc.propose(body.task, check_context(body.context or {}), seed=seed).to_dict()
 
 
-@router.post("/propose", response_model=s.Proposal, responses=ERRORS, summary="Choose an arm and log the event")
+@router.post("/propose", response_model=s.Proposal, response_model_exclude_unset=True, responses=ERRORS,
+             summary="Choose an arm and log the event")
 async def propose(body: s.ProposeRequest, request: Request):
     rt = _rt(request)
     return await rt.service.call(_propose, body, rt.config.device)
