@@ -125,11 +125,11 @@ def test_tokenizer_round_trip_through_autotokenizer(tmp_path):
 
 # `reduced_zoo` (session-wide, shared with the demo tests) lives in conftest.py.
 
-def test_reduced_zoo_builds_fast_and_experts_beat_base(reduced_zoo):
+def test_reduced_zoo_builds_and_experts_beat_base(reduced_zoo):
     from zoo.manifest import load_zoo
 
-    built, seconds = reduced_zoo
-    assert seconds < 60, f"reduced zoo took {seconds:.1f} s"
+    # Its build time is a benchmark figure, not a test: a loaded machine must not fail it.
+    built, _ = reduced_zoo
     zoo = load_zoo(built.root)  # the manifest on disk says what build_zoo returned
     assert zoo.manifest["accuracy"] == built.manifest["accuracy"] and zoo.tasks == built.tasks
     assert 2 <= len(zoo.tasks) <= 3 and zoo.base.is_dir()
