@@ -81,3 +81,13 @@ def reward_curve(store: Store) -> list[dict]:
     return store._all(
         "SELECT r.id, r.event_id, r.value, e.arm, e.prob FROM rewards r JOIN events e ON e.id = r.event_id ORDER BY r.id"
     )
+
+
+def reward_state(store: Store, event_id: int) -> dict | None:
+    """Whether the event exists, its reward and where it came from, and its expiry: one
+    query on the reward's hot path."""
+    return store._one(
+        "SELECT e.id, r.value AS reward, r.source AS source, x.expired_at FROM events e "
+        "LEFT JOIN rewards r ON r.event_id = e.id LEFT JOIN expired_events x ON x.event_id = e.id WHERE e.id = ?",
+        (event_id,),
+    )

@@ -30,33 +30,51 @@ class ServerConfig:
 
 
 class ServiceThread:
-    """One thread, one Service: `await call(fn, *args)` runs fn(service, *args) there."""
+    """One Service, one lock: `await call(fn)` runs fn(service) with the lock held.
+
+    Fast calls (`fast=True`: a context propose, a reward, an event) run inline on the event
+    loop when the lock is free — about a millisecond, less than a hop to a thread and back;
+    everything else, and any fast call that finds the lock taken, runs on the one service
+    thread, so a long call (features for a propose over models, a rebuild) never stalls the
+    loop. Either way calls are serialized, as one CLI process would run them."""
 
     def __init__(self, db: str):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandit-service")
-        self.service = self._pool.submit(self._open, db).result()  # errors surface at start-up
+        import threading
 
-    @staticmethod
-    def _open(db: str):
         from bandit.service import Service
+        from store import Store
 
-        return Service(db)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bandit-service")
+        self._lock = threading.Lock()
+        self.service = Service(Store(db, shared=True))
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _locked(self, fn: Callable[..., Any]) -> Any:
+        with self._lock:
+            return fn(self.service)
+
+    async def call(self, fn: Callable[..., Any], *args: Any, fast: bool = False) -> Any:
+        if args:
+            fn = _bind(fn, args)
+        if fast and self._lock.acquire(blocking=False):
+            try:
+                return fn(self.service)
+            finally:
+                self._lock.release()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self.service, *args, **kwargs))
+        return await loop.run_in_executor(self._pool, self._locked, fn)
 
     def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._pool.submit(lambda: fn(self.service, *args)).result()
+        return self._pool.submit(self._locked, _bind(fn, args) if args else fn).result()
 
     def close(self) -> None:
-        def _close(svc):
-            svc.store.close()
-
         try:
-            self._pool.submit(_close, self.service).result(timeout=30)
+            self._pool.submit(self._locked, lambda svc: svc.store.close()).result(timeout=30)
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _bind(fn: Callable[..., Any], args: tuple) -> Callable[[Any], Any]:
+    return lambda svc: fn(svc, *args)
 
 
 class JobWorker(threading.Thread):

@@ -58,15 +58,15 @@ def reward_in_window(service, event_id: int | str, value: float | str):
     store = service.store
     with store.transaction():
         # Checked here too, so that each refusal carries its kind (404 / 409 on the server).
-        stored = store.event_for_reward(event_id)
-        if stored is None:
+        state = sql.reward_state(store, event_id)
+        if state is None:
             raise NotFound(f"no event {event_id}")
-        if sql.expiry(store, event_id) is not None:
+        if state["expired_at"] is not None:
             raise Conflict(f"event {event_id} expired: its reward window closed before a reward came")
-        if stored["reward"] is not None and stored["reward"] != value:
-            if sql.reward_source(store, event_id) == "default":
-                raise Conflict(f"event {event_id} got the default reward {stored['reward']!r} when its window "
+        if state["reward"] is not None and state["reward"] != value:
+            if state["source"] == "default":
+                raise Conflict(f"event {event_id} got the default reward {state['reward']!r} when its window "
                                f"closed; refusing a late value {value!r}")
-            raise Conflict(f"event {event_id} already has reward {stored['reward']!r}; "
+            raise Conflict(f"event {event_id} already has reward {state['reward']!r}; "
                            f"refusing a different value {value!r}")
         return service.reward(event_id, value)
