@@ -30,11 +30,24 @@ def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
     if body.models:
         if body.context:
             raise InvalidInput("give either models (features are computed) or a context, not both")
-        p = svc.propose_merge(body.task, body.models, seed=seed, structural_only=body.structural_only, device=device)
+        trial = {k: v for k, v in (("trial_merges", body.trial_merges), ("trial_budget", body.trial_budget))
+                 if v is not None}
+        if trial and not _accepts(svc.propose_merge, "trial_merges"):
+            raise InvalidInput("trial merges are not available in this version of simmerge")
+        p = svc.propose_merge(body.task, body.models, seed=seed, structural_only=body.structural_only, device=device,
+                              **trial)
     else:
+        if body.trial_merges or body.trial_budget:
+            raise InvalidInput("trial merges need models: they merge the candidate pairs")
         p = svc.propose(body.task, check_context(body.context or {}), seed=seed)
     # The fields of Proposal.to_dict(), without its deep copy: the payload is serialised at once.
     return dict(vars(p))
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
 
 
 @router.post("/propose", response_model=s.Proposal, response_model_exclude_unset=True, responses=ERRORS,

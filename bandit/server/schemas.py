@@ -27,6 +27,9 @@ class ProposeRequest(Strict):
         None, max_length=MAX_CONTEXT_FEATURES, description="Context features name: number (instead of models).")
     seed: int | str | None = Field(None, description="Seed for tie-breaking and sampling (logged either way).")
     structural_only: bool = Field(False, description="Weights-only features (no forward passes).")
+    trial_merges: bool | None = Field(
+        None, description="Trial-merge every action and measure it (action features); default: the database's setting.")
+    trial_budget: int | None = Field(None, ge=1, description="Trial only the M most promising actions.")
 
 
 class RewardRequest(Strict):
