@@ -159,9 +159,9 @@ def test_cli_server_prints_what_the_local_command_prints(tmp_path):
 def test_dashboard_shows_arms_curve_events_pending_and_jobs(tmp_path):
     db = str(tmp_path / "s.db")
     with TestClient(make_app(db)) as client:
-        for i in range(12):
-            p = client.post("/v1/propose", json={"task": "t", "context": {"a": i / 12}, "seed": i}).json()
-            if i < 9:
+        for i in range(40):
+            p = client.post("/v1/propose", json={"task": "t", "context": {"a": i / 40}, "seed": i}).json()
+            if i < 37:
                 client.post(f"/v1/events/{p['event_id']}/reward", json={"value": (i % 3) / 2})
         page = client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -172,12 +172,19 @@ def test_dashboard_shows_arms_curve_events_pending_and_jobs(tmp_path):
         rewards = [r["value"] for r in st.rewards_in_order()]
     assert html.count('<tr class="arm">') == len(arms) and all(f"<td>{a}" in html for a in arms)
     assert html.count('class="series"') == 3 and 'http-equiv="refresh"' in html
-    assert html.count('<tr class="event">') == 12 and "pending" in html
+    assert html.count('<tr class="event">') == 15 and "pending" in html
     running = [sum(rewards[:k]) / k for k in range(1, len(rewards) + 1)]
     assert data["curves"]["policy"] == pytest.approx(running)
     assert data["pending"]["count"] == 3
-    # IPS of uniform random over K actions: mean of r·(1/K)/p over the log
+    # SNIPS of uniform random over K actions: Σ w·r / Σ w with w = (1/K)/p over the log
     with Store(db) as st:
         ev = [st.event(r["event_id"]) for r in st.rewards_in_order()]
-    ips = sum(e["reward"] * (1 / len(e["actions"])) / e["prob"] for e in ev) / len(ev)
-    assert data["curves"]["random"][-1] == pytest.approx(ips)
+    w = [(1 / len(e["actions"])) / e["prob"] for e in ev]
+    assert data["curves"]["random"][-1] == pytest.approx(sum(wi * e["reward"] for wi, e in zip(w, ev)) / sum(w))
+    # a fixed arm (one candidate per event here): its own rewards weighted by 1/p
+    best = data["curves"]["best_fixed_arm"]
+    own = [(e["reward"], 1 / e["prob"]) for e in ev if e["arm"] == best]
+    assert len(own) >= 3
+    assert data["curves"]["fixed_final"][best] == pytest.approx(sum(r * w for r, w in own) / sum(w for _, w in own))
+    assert data["curves"]["fixed_final"][best] == max(
+        v for a, v in data["curves"]["fixed_final"].items() if data["curves"]["fixed_pulls"][a] >= 3)

@@ -38,24 +38,26 @@ def _num(x: float | None, fmt: str = "{:.4f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
-def _thin(values: list[float], points: int = CURVE_POINTS) -> list[tuple[int, float]]:
+def _thin(values: list[float | None], points: int = CURVE_POINTS) -> list[tuple[int, float]]:
+    """At most `points` (index, value) pairs, skipping the undefined start of a curve."""
     if len(values) <= points:
-        return list(enumerate(values, 1))
-    step = len(values) / points
-    idx = sorted({int(i * step) for i in range(points)} | {len(values) - 1})
-    return [(i + 1, values[i]) for i in idx]
+        idx = range(len(values))
+    else:
+        step = len(values) / points
+        idx = sorted({int(i * step) for i in range(points)} | {len(values) - 1})
+    return [(i + 1, values[i]) for i in idx if values[i] is not None]
 
 
 def curve_svg(curves: dict[str, Any], width: int = 640, height: int = 260) -> str:
-    """Running mean reward of the policy against the best fixed arm and random (IPS from the log)."""
+    """Running mean reward of the policy against the best fixed arm and random (SNIPS from the log)."""
     series = [("policy (observed)", curves["policy"], "#1f77b4"),
-              (f"best fixed arm: {curves['best_fixed_arm']} (IPS)", curves["best_fixed"], "#2ca02c"),
-              ("uniform random (IPS)", curves["random"], "#d62728")]
+              (f"best fixed arm: {curves['best_fixed_arm']} (SNIPS)", curves["best_fixed"], "#2ca02c"),
+              ("uniform random (SNIPS)", curves["random"], "#d62728")]
     n = curves["rewards"]
     if n == 0:
         return f'<svg id="curve" width="{width}" height="{height}" role="img"><text x="20" y="40">no rewards yet</text></svg>'
     pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 36
-    values = [v for _, vals, _ in series for v in vals]
+    values = [v for _, vals, _ in series for v in vals if v is not None]
     lo, hi = min(values), max(values)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
@@ -127,7 +129,7 @@ def render_page(data: dict[str, Any]) -> str:
         job_rows.append(f'<tr class="job"><td>{j["id"]}</td><td>{_e(j["kind"])}</td><td>{_e(j["state"])}</td>'
                         f'<td>{prog}</td><td>{_e(j["output"] or "")}</td><td>{_e(j["error"] or "")}</td></tr>')
     curves = data["curves"]
-    fixed = ", ".join(f"{_e(a)} {v:.3f}" for a, v in sorted(curves["fixed_final"].items(), key=lambda kv: -kv[1]))
+    fixed = ", ".join(f"{_e(a)} {v:.3f} ({curves['fixed_pulls'][a]})" for a, v in sorted(curves["fixed_final"].items(), key=lambda kv: -kv[1]))
     counts = ", ".join(f"{k} {v}" for k, v in jobs["counts"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_SECONDS}">
@@ -146,7 +148,7 @@ th {{ background: #f4f4f4; }} .muted {{ color: #888; }} h2 {{ margin-top: 28px; 
 <th>posterior mean</th><th>share</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
 <h2>Running mean reward</h2>
 {curve_svg(curves)}
-<p class="muted">Fixed arms estimated from the log (IPS): {fixed or "–"}</p>
+<p class="muted">Fixed arms estimated from the log (SNIPS, with their pulls): {fixed or "–"}</p>
 <h2>Recent events</h2>
 <table id="events"><thead><tr><th>id</th><th>task</th><th>arm</th><th>pair</th><th>p</th><th>pmf (top 4)</th>
 <th>reward</th></tr></thead><tbody>{"".join(recent)}</tbody></table>

@@ -39,47 +39,56 @@ def pending(store, limit: int = 50) -> dict[str, Any]:
     return {"count": sql.count_pending(store), "events": sql.pending_events(store, limit), **sql.window_counts(store)}
 
 
+MIN_PULLS_FOR_BEST = 3  # an arm seen once or twice with a lucky reward is no "best fixed arm"
+
+
 def reward_curves(store) -> dict[str, Any]:
     """Running means, one point per reward in recording order: the live policy's observed
-    reward, and IPS estimates of each fixed arm and of uniform random over the offered
-    actions. A fixed arm picks its arm on a uniformly chosen candidate pair."""
+    reward, and self-normalised IPS estimates (Σ w·r / Σ w, w = π(chosen)/p(chosen)) of each
+    fixed arm and of uniform random over the offered actions. A fixed arm picks its arm on a
+    uniformly chosen candidate pair. SNIPS rather than IPS: with ε/K floors of 0.006 a plain
+    IPS curve jumps by 1/p at each exploratory pull and makes a poor arm look best."""
     observed: list[float] = []
-    fixed_sums: dict[str, float] = {}
-    fixed_curves: dict[str, list[float]] = {}
+    total = 0.0
+    random_num = random_den = 0.0
     random_curve: list[float] = []
-    total = random_sum = 0.0
+    num: dict[str, float] = {}
+    den: dict[str, float] = {}
+    pulls: dict[str, int] = {}
+    fixed_curves: dict[str, list[float | None]] = {}
     n = 0
-    arms_seen: list[str] = []
     for r in store.rewarded_decisions(store.rewarded_event_ids()):
         n += 1
-        total += r["value"]
+        value, actions, p = r["value"], r["actions"], r["prob"]
+        total += value
         observed.append(total / n)
-        actions, p = r["actions"], r["prob"]
-        k = len(actions)
-        random_sum += r["value"] * (1.0 / k) / p
-        random_curve.append(random_sum / n)
-        arms = []
-        for a in actions:
-            if a["arm"] not in arms:
-                arms.append(a["arm"])
-        for a in arms:
-            if a not in fixed_sums:
-                fixed_sums[a] = 0.0
-                fixed_curves[a] = [0.0] * (n - 1)
-                arms_seen.append(a)
+        w = (1.0 / len(actions)) / p
+        random_num += w * value
+        random_den += w
+        random_curve.append(random_num / random_den)
         chosen = actions[r["chosen"]]["arm"]
-        candidates = max(1, sum(1 for a in actions if a["arm"] == chosen))
-        fixed_sums[chosen] += r["value"] * (1.0 / candidates) / p
-        for a in arms_seen:
-            fixed_curves[a].append(fixed_sums[a] / n)
-    best = max(arms_seen, key=lambda a: fixed_curves[a][-1]) if arms_seen else None
+        for a in actions:
+            if a["arm"] not in fixed_curves:
+                fixed_curves[a["arm"]] = [None] * (n - 1)
+                num[a["arm"]] = den[a["arm"]] = 0.0
+                pulls[a["arm"]] = 0
+        w = (1.0 / sum(1 for a in actions if a["arm"] == chosen)) / p
+        num[chosen] += w * value
+        den[chosen] += w
+        pulls[chosen] += 1
+        for a, curve in fixed_curves.items():
+            curve.append(num[a] / den[a] if den[a] > 0 else None)
+    final = {a: num[a] / den[a] for a in fixed_curves if den[a] > 0}
+    eligible = [a for a in final if pulls[a] >= MIN_PULLS_FOR_BEST] or list(final)
+    best = max(eligible, key=lambda a: final[a]) if eligible else None
     return {
         "rewards": n,
         "policy": observed,
         "random": random_curve,
         "best_fixed_arm": best,
         "best_fixed": fixed_curves[best] if best else [],
-        "fixed_final": {a: fixed_curves[a][-1] for a in arms_seen},
+        "fixed_final": final,
+        "fixed_pulls": pulls,
     }
 
 
