@@ -89,7 +89,15 @@ def create_app(config: ServerConfig) -> FastAPI:
                     await sweeper
             runtime.stop()
 
+    import inspect
+
+    extra = {}
+    if "telemetry" in inspect.signature(FastAPI).parameters:
+        # FastAPI's OpenTelemetry hooks (active when opentelemetry is installed, as test tools
+        # bring it) cost ~0.1 ms per request to find that nothing is configured.
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(
+        **extra,
         title="simmerge",
         summary="Pick how to merge LLM checkpoints with a contextual bandit: propose, merge, reward.",
         version="1",

@@ -24,7 +24,7 @@ def _rt(request: Request):
 # -- propose and reward ------------------------------------------------------------------------
 def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
     from bandit.errors import InvalidInput
-    from bandit.inputs import check_context, parse_seed
+    from bandit.inputs import parse_seed
 
     seed = parse_seed(body.seed)
     if body.models:
@@ -39,7 +39,7 @@ def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
     else:
         if body.trial_merges or body.trial_budget:
             raise InvalidInput("trial merges need models: they merge the candidate pairs")
-        p = svc.propose(body.task, check_context(body.context or {}), seed=seed)
+        p = svc.propose(body.task, body.context or {}, seed=seed)  # the facade checks the context
     # The fields of Proposal.to_dict(), without its deep copy: the payload is serialised at once.
     return dict(vars(p))
 
