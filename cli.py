@@ -426,6 +426,10 @@ def serve(host, port, token_file, device, reward_window, default_reward, expire,
         default_reward=None if default_reward is None else parse_number(default_reward, "--default-reward", bounded=True),
     )
     require_token_off_loopback(host, config.token)
+    if reward_window is not None:
+        from bandit.service.join_window import JoinWindow
+
+        JoinWindow(reward_window, config.default_reward)  # its checks, before anything starts
     click.echo(f"bandit serve: http://{host}:{port}/ (database {db_path}"
                + (", token required" if config.token else "") + ")", err=True)
     run_server(config, host=host, port=port)

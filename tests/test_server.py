@@ -302,3 +302,17 @@ def test_replay_job_on_an_uploaded_table(client, tmp_path):
     assert client.get("/v1/jobs/999").status_code == 404
     assert client.get("/v1/jobs/x").status_code == 422
     assert [j["id"] for j in client.get("/v1/jobs").json()] == [job["id"]]
+
+
+def test_the_running_server_sweeps_the_window_itself(db):
+    import time
+
+    with TestClient(make_app(db, reward_window=0.3, default_reward=0.25, sweep_every=0.1)) as client:
+        p = _propose(client)
+        deadline = time.monotonic() + 10
+        while client.get(f"/v1/events/{p['event_id']}").json()["reward"] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ev = client.get(f"/v1/events/{p['event_id']}").json()
+        assert ev["reward"] == 0.25 and ev["reward_source"] == "default"
+        assert client.get("/v1/health").json()["reward_window"] == {"seconds": 0.3, "default_reward": 0.25,
+                                                                     "on_timeout": "default_reward"}

@@ -188,3 +188,20 @@ def test_dashboard_shows_arms_curve_events_pending_and_jobs(tmp_path):
     assert data["curves"]["fixed_final"][best] == pytest.approx(sum(r * w for r, w in own) / sum(w for _, w in own))
     assert data["curves"]["fixed_final"][best] == max(
         v for a, v in data["curves"]["fixed_final"].items() if data["curves"]["fixed_pulls"][a] >= 3)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--host", "0.0.0.0"], "needs a token"),
+    (["--default-reward", "0"], "need --reward-window"),
+    (["--reward-window", "60"], "exactly one of --default-reward X or --expire"),
+    (["--reward-window", "60", "--expire", "--default-reward", "0"], "exactly one of"),
+    (["--reward-window", "0", "--expire"], "positive number of seconds"),
+    (["--reward-window", "60", "--default-reward", "1_0"], "plain decimal"),
+])
+def test_serve_refuses_bad_options_in_one_line(tmp_path, args, words, monkeypatch):
+    from cli import main
+
+    monkeypatch.delenv("BANDIT_TOKEN", raising=False)
+    r = CliRunner().invoke(main, ["serve", "--db", str(tmp_path / "s.db"), "--port", "1"] + args)
+    assert r.exit_code == 1 and words in r.output, r.output
+    assert r.output.count("\n") == 1 and r.output.startswith("error: ")
