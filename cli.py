@@ -6,7 +6,6 @@ own usage errors exit 2.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -15,11 +14,10 @@ import click
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     # Imported here so that a command only pays for the packages it touches.
-    from bandit.errors import BanditError
+    from bandit.errors import BanditError, store_errors
     from merging.errors import MergeError
-    from store.errors import StoreError
 
-    errors: list[type[BaseException]] = [BanditError, MergeError, StoreError]
+    errors: list[type[BaseException]] = [BanditError, MergeError, *store_errors()]
     try:
         from features.errors import FeatureError
 
@@ -74,41 +72,16 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
 
-class GreedyOption(click.Option):
-    """An option that takes every value up to the next option: `--models A B C`."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("multiple", True)
-        super().__init__(*args, **kwargs)
-
-    def add_to_parser(self, parser, ctx):
-        result = super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if opt is None:
-                continue
-            original = opt.process
-
-            def process(value, state, _original=original):
-                # `value` is the first word; take the following ones until an option.
-                _original(value, state)
-                while state.rargs and not state.rargs[0].startswith("-"):
-                    _original(state.rargs.pop(0), state)
-
-            opt.process = process
-        return result
-
-
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+    from bandit import render
+
+    click.echo(render.dumps(obj))
 
 
-def _json_default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "__dict__"):
-        return vars(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def echo(text: str) -> None:
+    """A command's text output; nothing at all for an empty listing."""
+    if text:
+        click.echo(text)
 
 
 @click.group(cls=BanditGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,112 +93,93 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------
 # service core: propose, reward, arms, tasks, stats, rebuild
 # ---------------------------------------------------------------------------------------
-def _service(db_path: str):
+def _service(db_path: str, *, create: bool = True):
     from bandit.service import Service
 
-    return Service(db_path)
+    return Service(db_path, create=create)
 
 
-def _fmt_params(params: dict) -> str:
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in params.items()) or "(defaults)"
+def _merge_event(svc, event_id, out_dir: str, device: str, quiet: bool, **engine_options) -> dict:
+    from bandit import render
 
-
-def _merge_event(svc, event_id: int, out_dir: str, device: str, quiet: bool, **engine_options) -> dict:
     result = svc.merge_event(event_id, out_dir, device=device, progress=False if quiet else None, **engine_options)
     if not quiet:
-        click.echo(f"merged {result.tensors} tensors with {result.operator} into {result.path} "
-                   f"({result.seconds:.1f} s on {result.device})")
+        click.echo(render.event_merge(result))
     return result.to_dict()
-
-
-def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[str, float]:
-    from bandit.errors import BanditError
-
-    context: dict[str, float] = {}
-    if context_json:
-        try:
-            loaded = json.loads(context_json)
-        except json.JSONDecodeError as e:
-            raise BanditError(f"--context-json is not valid JSON ({e.msg} at position {e.pos})") from None
-        if not isinstance(loaded, dict):
-            raise BanditError("--context-json must be a JSON object of name: number")
-        context.update(loaded)
-    for item in features:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise BanditError(f"bad --feature {item!r}: write it as NAME=VALUE")
-        try:
-            context[name.strip()] = float(value)
-        except ValueError:
-            raise BanditError(f"feature {name.strip()!r}: {value!r} is not a number") from None
-    return context
 
 
 @main.command()
 @click.option("--task", "-t", required=True, help="Task the merge is for (created on first use).")
-@click.option("--models", "-m", "models", cls=GreedyOption, metavar="A B [C ...]",
+@click.option("--models", "-m", "models", multiple=True, metavar="A B [C ...]",
               help="Registered fine-tunes to choose a pair from (features are computed and cached).")
+@click.argument("more_models", nargs=-1, metavar="")
 @click.option("--feature", "-f", "features", multiple=True, metavar="NAME=VALUE", help="One context feature (repeatable).")
 @click.option("--context-json", help="Context features as a JSON object.")
 @click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
 @click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
-@click.option("--seed", type=int, help="Seed for tie-breaking and sampling (logged either way).")
+@click.option("--seed", help="Seed for tie-breaking and sampling, 0 to 2^63 - 1 (logged either way).")
 @server_option
 @db_option
 @json_option
-def propose(task, models, features, context_json, structural_only, device, merge_to, seed, server, db_path, as_json):
+def propose(task, models, more_models, features, context_json, structural_only, device, merge_to, seed, server,
+            db_path, as_json):
     """Choose a merge operator (an arm) for TASK and log the decision as an event.
 
     With --models, every ordered pair of the models is a candidate: the policy picks the
     operator, the pair and its order. Without, the context comes from --feature/--context-json.
+    `--models A B C` takes every word up to the next option (click reads B and C as
+    arguments; they are only accepted after --models).
     """
+    from bandit import render
     from bandit.errors import BanditError
+    from bandit.inputs import parse_context, parse_seed
 
+    if more_models and not models:
+        raise BanditError(f"unexpected argument {more_models[0]!r}: model names follow --models")
+    models = tuple(models) + tuple(more_models)
+    seed = parse_seed(seed)
     if server:
         if merge_to:
             raise BanditError("--merge-to runs on this machine: with --server, queue the merge with POST /v1/merges")
         if models and (features or context_json):
             raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
+        from bandit.service.records import Proposal
+
         with _client(server) as client:
-            out = client.propose(task, models=list(models) or None, seed=seed, structural_only=structural_only,
-                                 context=None if models else _parse_context(features, context_json))
-        emit_json(out) if as_json else _print_proposal(out, merged=None)
+            p = Proposal(**client.propose(task, models=list(models) or None, seed=seed, structural_only=structural_only,
+                                          context=None if models else parse_context(features, context_json)))
+        if as_json:
+            emit_json(p)
+        else:
+            click.echo(render.proposal(p))
+            click.echo(render.proposal_footer(p))
         return
-    svc = _service(db_path)
     if models:
         if features or context_json:
             raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
+        svc = _service(db_path)
         p = svc.propose_merge(task, models, seed=seed, structural_only=structural_only, device=device,
                               progress=not as_json and sys.stderr.isatty())
     else:
         if merge_to:
             raise BanditError("--merge-to needs --models: there is nothing to merge without models")
-        p = svc.propose(task, _parse_context(features, context_json), seed=seed)
+        context = parse_context(features, context_json)
+        svc = _service(db_path)
+        p = svc.propose(task, context, seed=seed)
     if as_json:
-        out = p.to_dict()
         if merge_to:
-            out["merged"] = _merge_event(svc, p.event_id, merge_to, device, quiet=True)
-        emit_json(out)
+            p.merged = _merge_event(svc, p.event_id, merge_to, device, quiet=True)
+        emit_json(p)
         return
-    _print_proposal(p.to_dict(), merged=(lambda: _merge_event(svc, p.event_id, merge_to, device, quiet=False))
-                    if merge_to else None)
+    click.echo(render.proposal(p, merging=bool(merge_to)))
+    if merge_to:
+        _merge_event(svc, p.event_id, merge_to, device, quiet=False)
+    click.echo(render.proposal_footer(p))
 
 
-def _print_proposal(p: dict, merged) -> None:
-    """The text of `propose`, from its JSON payload (local or from a server)."""
-    pair = f"  merge {p['model_a']} + {p['model_b']}" if p["model_a"] else ""
-    click.echo(f"event {p['event_id']}: {p['arm']}  ({p['operator']} {_fmt_params(p['params'])}){pair}")
-    click.echo(f"  task {p['task']}   policy {p['policy']}   p={p['prob']:.3f}")
-    click.echo(f"  predicted reward {p['predicted']:.4f}   bonus {p['bonus']:.4f}")
-    if merged is not None:
-        merged()
-    elif p["model_a"]:
-        click.echo(f"  merge it with: bandit merge --event {p['event_id']} --out DIR")
-    click.echo(f"  report the result with: bandit reward {p['event_id']} VALUE")
-
-
-@main.command()
+# ignore_unknown_options: a negative reward (`bandit reward 5 -0.3`) is a value, not an option
+@main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("event_id")
 @click.argument("value")
 @server_option
@@ -234,27 +188,21 @@ def _print_proposal(p: dict, merged) -> None:
 def reward(event_id, value, server, db_path, as_json):
     """Record the REWARD of event EVENT_ID and update its arm's posterior."""
     if server:
+        from bandit.service.reward import RewardOutcome
+
         with _client(server) as client:
-            out = client.reward(event_id, value)
-        emit_json(out) if as_json else _print_reward(out)
-        return
-    # Deliberately lean imports: no numpy, no sqlite-utils, so this starts fast.
-    from bandit.service.reward import record_reward
-    from store import Store
-
-    # A reward belongs to an event of an existing database: never create one on a typo.
-    with Store(db_path, create=False) as store:
-        out = record_reward(store, event_id, value)
-    payload = {"event_id": out.event_id, "arm": out.arm, "reward": out.value, "duplicate": out.duplicate,
-               "pulls": out.pulls}
-    emit_json(payload) if as_json else _print_reward(payload)
-
-
-def _print_reward(out: dict) -> None:
-    if out["duplicate"]:
-        click.echo(f"event {out['event_id']}: reward {out['reward']:g} was recorded already; nothing changed")
+            d = client.reward(event_id, value)
+        out = RewardOutcome(d["event_id"], d["arm"], d["reward"], d["duplicate"], d["pulls"], {})
     else:
-        click.echo(f"event {out['event_id']}: reward {out['reward']:g} recorded for {out['arm']} ({out['pulls']} rewards)")
+        # Lean on purpose: the facade loads no numpy or sqlite-utils for a reward, so this starts fast.
+        # A reward belongs to an event of an existing database: never create one on a typo.
+        out = _service(db_path, create=False).reward(event_id, value)
+    if as_json:
+        emit_json(out)
+    else:
+        from bandit import render
+
+        click.echo(render.reward(out))
 
 
 @main.group()
@@ -268,14 +216,10 @@ def arms():
 @json_option
 def arms_list(show_all, db_path, as_json):
     """The arms and their parameters."""
-    rows = [a for a in _service(db_path).arms() if show_all or a["status"] == "active"]
-    if as_json:
-        emit_json(rows)
-        return
-    for a in rows:
-        extra = f"  (warm-started from {a['warm_start_from']})" if a["warm_start_from"] else ""
-        status = "" if a["status"] == "active" else f"  [{a['status']}]"
-        click.echo(f"{a['name']:<20} {a['operator']:<18} {_fmt_params(a['params'])}{extra}{status}")
+    from bandit import render
+
+    rows = _service(db_path).arms(include_retired=show_all)
+    emit_json(rows) if as_json else echo(render.arms(rows))
 
 
 @arms.command("add")
@@ -283,7 +227,7 @@ def arms_list(show_all, db_path, as_json):
 @click.option("--operator", "-o", required=True, help="Merge operator (see `bandit operators`).")
 @click.option("--param", "-p", "params", multiple=True, metavar="K=V", help="Operator parameter (repeatable).")
 @click.option("--warm-start-from", metavar="ARM", help="Start from a shrunk copy of this arm's posterior.")
-@click.option("--shrink", type=float, default=0.1, show_default=True, help="Share of the donor's evidence kept.")
+@click.option("--shrink", default="0.1", show_default=True, help="Share of the donor's evidence kept, in [0, 1].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
               help="Load an operator from a module first (operators published through the "
                    "`simmerge.operators` entry point need nothing).")
@@ -291,17 +235,15 @@ def arms_list(show_all, db_path, as_json):
 @json_option
 def arms_add(name, operator, params, warm_start_from, shrink, plugins, db_path, as_json):
     """Add arm NAME: proposable at once, nothing else retrained."""
-    from bandit.inputs import parse_params
+    from bandit import render
+    from bandit.inputs import parse_finite, parse_params
     from merging.registry import load_plugin
 
+    values, shrink = parse_params(params), parse_finite(shrink, "--shrink")
     for ref in plugins:
         load_plugin(ref)
-    arm = _service(db_path).add_arm(name, operator, parse_params(params), warm_start_from, shrink)
-    if as_json:
-        emit_json(arm)
-    else:
-        how = f"warm-started from {warm_start_from} (shrink {shrink:g})" if warm_start_from else "from the prior"
-        click.echo(f"added arm {name}: {operator} {_fmt_params(arm['params'])}, {how}")
+    arm = _service(db_path).add_arm(name, operator, values, warm_start_from, shrink)
+    emit_json(arm) if as_json else click.echo(render.arm_added(arm, shrink))
 
 
 @arms.command("retire")
@@ -310,11 +252,10 @@ def arms_add(name, operator, params, warm_start_from, shrink, plugins, db_path, 
 @json_option
 def arms_retire(name, db_path, as_json):
     """Stop proposing arm NAME; its history stays."""
-    _service(db_path).retire_arm(name)
-    if as_json:
-        emit_json({"name": name, "status": "retired"})
-    else:
-        click.echo(f"retired arm {name}")
+    from bandit import render
+
+    arm = _service(db_path).retire_arm(name)
+    emit_json(render.arm_retired_payload(arm)) if as_json else click.echo(render.arm_retired(arm))
 
 
 @main.group()
@@ -324,21 +265,17 @@ def tasks():
 
 @tasks.command("add")
 @click.argument("name")
-@click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe texts, one per line.")
+@click.option("--probes", type=click.Path(exists=True, dir_okay=False), help="Probe texts, one per line (UTF-8).")
 @db_option
 @json_option
 def tasks_add(name, probes, db_path, as_json):
     """Add task NAME (or replace its probes)."""
-    texts = None
-    if probes:
-        with open(probes, encoding="utf-8") as f:
-            texts = f.read().splitlines()
-    new = _service(db_path).add_task(name, texts)
-    if as_json:
-        emit_json({"name": name, "new": new, "probes": len([t for t in texts or [] if t.strip()])})
-    else:
-        what = "added" if new else "updated"
-        click.echo(f"{what} task {name}" + (f" with {len([t for t in texts if t.strip()])} probes" if texts else ""))
+    from bandit import render
+    from bandit.inputs import read_text_lines
+
+    texts = read_text_lines(probes, "probes") if probes else None
+    task = _service(db_path).add_task(name, texts)
+    emit_json(task) if as_json else click.echo(render.task_added(task))
 
 
 @tasks.command("list")
@@ -346,12 +283,10 @@ def tasks_add(name, probes, db_path, as_json):
 @json_option
 def tasks_list(db_path, as_json):
     """The tasks, their probe counts and events."""
-    rows = _service(db_path).store.tasks()
-    if as_json:
-        emit_json(rows)
-        return
-    for t in rows:
-        click.echo(f"{t['name']:<24} probes {t['n_probes']:>4}   events {t['events']:>5}")
+    from bandit import render
+
+    rows = _service(db_path).tasks()
+    emit_json(rows) if as_json else echo(render.tasks(rows))
 
 
 @main.command()
@@ -360,21 +295,16 @@ def tasks_list(db_path, as_json):
 @json_option
 def stats(server, db_path, as_json):
     """Per arm: proposals, rewards, mean reward, posterior mean at the average context, share."""
+    from bandit import render
+
     if server:
+        from bandit.service.records import ArmStats
+
         with _client(server) as client:
-            rows = client.stats()
+            rows = [ArmStats(**r) for r in client.stats()]
     else:
         rows = _service(db_path).stats()
-    emit_json(rows) if as_json else _print_stats(rows)
-
-
-def _print_stats(rows: list[dict]) -> None:
-    click.echo(f"{'arm':<20} {'proposals':>9} {'pulls':>6} {'mean':>8} {'post.mean':>9} {'share':>6}")
-    for r in rows:
-        mean = "-" if r["mean_reward"] is None else f"{r['mean_reward']:.4f}"
-        post = "-" if r["posterior_mean"] is None else f"{r['posterior_mean']:.4f}"
-        flag = "" if r["status"] == "active" else f"  [{r['status']}]"
-        click.echo(f"{r['arm']:<20} {r['proposals']:>9} {r['pulls']:>6} {mean:>8} {post:>9} {r['share']:>6.1%}{flag}")
+    emit_json(rows) if as_json else click.echo(render.stats(rows))
 
 
 @main.command()
@@ -383,14 +313,10 @@ def _print_stats(rows: list[dict]) -> None:
 @json_option
 def rebuild(check, db_path, as_json):
     """Recompute every posterior from the events and rewards."""
+    from bandit import render
+
     rep = _service(db_path).rebuild(check=check)
-    if as_json:
-        emit_json({"arms": rep.arms, "rewards": rep.rewards, "max_abs_diff": rep.max_abs_diff,
-                   "mismatched": rep.mismatched, "written": rep.written, "clean": rep.clean})
-    else:
-        verdict = "match the live posteriors" if rep.clean else f"DIFFER for {', '.join(rep.mismatched)}"
-        click.echo(f"{rep.arms} arms from {rep.rewards} rewards: recomputed posteriors {verdict} "
-                   f"(max |diff| {rep.max_abs_diff:.3g})" + ("; written" if rep.written else ""))
+    emit_json(rep) if as_json else click.echo(render.rebuild(rep))
     if check and not rep.clean:
         sys.exit(1)
 
@@ -454,7 +380,7 @@ def serve(host, port, token_file, device, reward_window, default_reward, expire,
 @click.option("--dtype", default=None, help="Working dtype of the recipe [default: float32]; math is float32 or float64.")
 @click.option("--out-dtype", default=None, help="Output dtype [default: the base's].")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 5GB or 500MB.")
-@click.option("--seed", type=int, default=None, help="Seed of random operators (dare_*, della) [default: 0].")
+@click.option("--seed", default=None, help="Seed of random operators (dare_*, della), 0 to 2^63 - 1 [default: 0].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
               help="Register an operator from a module first. Repeatable.")
 @click.option("--allow-vocab-mismatch", is_flag=True, help="Merge embeddings and lm_head over the common rows.")
@@ -467,10 +393,13 @@ def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, de
     Three ways to say what to merge: --operator with --model (and --base, --param), a
     --recipe file, or --event ID for the merge a proposal chose.
     """
+    from bandit import render
+    from bandit.inputs import parse_params, parse_seed
     from merging.engine import run_merge
-    from merging.recipe import Recipe, parse_param_args
+    from merging.recipe import Recipe
     from merging.registry import load_plugin
 
+    seed = parse_seed(seed)
     if event_id is not None:
         if recipe_file or operator or models or base or params:
             raise click.UsageError("--event takes the recipe from the proposal: no --recipe/--operator/--model/--param")
@@ -492,16 +421,11 @@ def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, de
         overrides = {k: v for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed)) if v is not None}
         recipe = Recipe.from_dict({**recipe.to_dict(), **overrides}).validate()
     else:
-        recipe = Recipe.from_arm(operator, parse_param_args(params), list(models), base,
+        recipe = Recipe.from_arm(operator, parse_params(params), list(models), base,
                                  dtype=dtype or "float32", out_dtype=out_dtype, seed=seed or 0)
     result = run_merge(recipe, out_dir, device=device, shard_size=shard_size,
                        progress=False if as_json else None, allow_vocab_mismatch=allow_vocab_mismatch)
-    if as_json:
-        emit_json(result.to_dict())
-    else:
-        click.echo(f"merged {result.tensors} tensors with {result.operator} into {result.path} "
-                   f"({result.shards} shard(s), {result.bytes_written / 1e6:.1f} MB, "
-                   f"{result.seconds:.1f} s on {result.device})")
+    emit_json(result) if as_json else click.echo(render.merge_result(result))
 
 
 @main.command("operators")
@@ -509,20 +433,13 @@ def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, de
 @json_option
 def operators_cmd(plugins, as_json):
     """List merge operators, their parameters and defaults."""
+    from bandit import render
     from merging.registry import list_operators, load_plugin
 
     for ref in plugins:
         load_plugin(ref)
     specs = list_operators()
-    if as_json:
-        emit_json([s.to_dict() for s in specs])
-        return
-    for s in specs:
-        most = "+" if s.max_models is None else ("" if s.max_models == s.min_models else f"-{s.max_models}")
-        click.echo(f"{s.name}  (base: {s.base}; models: {s.min_models}{most})  {s.description}")
-        for p in s.params:
-            scope = "per model" if p.per_model else "global"
-            click.echo(f"    {p.name}={json.dumps(p.default)}  {p.type}, {scope}" + (f"  {p.help}" if p.help else ""))
+    emit_json(specs) if as_json else click.echo(render.operators(specs))
 
 
 # ---------------------------------------------------------------------------------------
@@ -541,17 +458,10 @@ def models():
 @json_option
 def models_add(name, path, base, db_path, as_json):
     """Register checkpoint folder PATH as NAME (re-registering updates it)."""
-    from bandit.service.catalog import add_model
-    from store import Store
+    from bandit import render
 
-    with Store(db_path) as store:
-        row = add_model(store, name, path, base)
-    if as_json:
-        emit_json(row)
-    else:
-        of = f" (fine-tune of {base})" if base else ""
-        click.echo(f"registered {name}{of}: {row['tensors']} tensors, {row['bytes'] / 1e6:.1f} MB, "
-                   f"fingerprint {row['fingerprint'][:12]}")
+    model = _service(db_path).add_model(name, path, base)
+    emit_json(model) if as_json else click.echo(render.model_added(model))
 
 
 @main.command("features")
@@ -564,24 +474,11 @@ def models_add(name, path, base, db_path, as_json):
 @json_option
 def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_json):
     """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached."""
-    from bandit.service.context import pair_features, task_probes
-    from bandit.errors import BanditError
-    from store import Store
+    from bandit import render
 
-    with Store(db_path) as store:
-        probes = None
-        if task is not None and not structural_only:
-            if store.task(task) is None:
-                raise BanditError(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
-            probes = task_probes(store, task)
-        pf = pair_features(store, model_a, model_b, probes, structural_only=structural_only, device=device,
-                           progress=not as_json and sys.stderr.isatty())
-    if as_json:
-        emit_json({"model_a": model_a, "model_b": model_b, "cached": pf.cached, "features": pf.features})
-        return
-    click.echo(f"{model_a} vs {model_b} ({'cached' if pf.cached else 'computed'}):")
-    for k, v in pf.features.items():
-        click.echo(f"  {k:<22} {v: .6f}")
+    f = _service(db_path).features(model_a, model_b, task=task, structural_only=structural_only, device=device,
+                                   progress=not as_json and sys.stderr.isatty())
+    emit_json(f) if as_json else click.echo(render.features(f))
 
 
 @models.command("list")
@@ -589,29 +486,16 @@ def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_js
 @json_option
 def models_list(db_path, as_json):
     """The registered models."""
-    from store import Store
+    from bandit import render
 
-    with Store(db_path) as store:
-        rows = store.models()
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        click.echo(f"{r['name']:<20} base {r['base'] or '-':<14} {r['path']}")
-
+    rows = _service(db_path).models()
+    emit_json(rows) if as_json else echo(render.models(rows))
 
 
 # ---------------------------------------------------------------------------------------
 # replay, policies, export
 # ---------------------------------------------------------------------------------------
 DEFAULT_REPLAY_POLICIES = ("linucb", "hybrid", "lints", "egreedy", "vw", "random")
-
-
-def _ci(x: dict, fmt: str = "{:.3f}") -> str:
-    if x.get("mean", x.get("value")) is None:
-        return "-"
-    v = x.get("mean", x.get("value"))
-    return f"{fmt.format(v)} [{fmt.format(x['low'])}, {fmt.format(x['high'])}]"
 
 
 def _progress_bar(total: int, quiet: bool):
@@ -622,55 +506,6 @@ def _progress_bar(total: int, quiet: bool):
 
     bar = tqdm(total=total, unit="run", file=sys.stderr, leave=False)
     return bar, bar.update
-
-
-def _print_replay(rep: dict) -> None:
-    click.echo(f"{rep['rows']} rows, {len(rep['arms'])} arms, {rep['seeds']} seeds; "
-               f"best fixed arm {rep['best_fixed_arm']} (mean {rep['best_fixed_mean']:.4f}), "
-               f"oracle mean {rep['oracle_mean']:.4f}")
-    click.echo("mean [95 % interval over seeds]")
-    head = f"{'policy':<26} {'mean reward':<26} {'regret':<28} {'gap closure':<26} {'gap closure, last half':<26}"
-    click.echo(head)
-    for p in rep["policies"]:
-        click.echo(f"{p['policy']:<26} {_ci(p['mean_reward'], '{:.4f}'):<26} {_ci(p['regret'], '{:.1f}'):<28} "
-                   f"{_ci(p['gap_closure']):<26} {_ci(p['gap_closure_last_half']):<26}")
-    if rep["policies"] and "add_arm" in rep["policies"][0]:
-        a0 = rep["policies"][0]["add_arm"]
-        click.echo(f"\narm {a0['arm']} joins after round {a0['round']}; fair rate (share of later rows it is best on) "
-                   f"{a0['fair_rate']['mean']:.3f}")
-        click.echo(f"{'policy':<26} {'rounds to fair rate':<22} {'share after':<26} {'regret/round before':<26} "
-                   f"{'regret/round after':<26}")
-        for p in rep["policies"]:
-            a = p["add_arm"]
-            r = a["rounds_to_fair_rate"]
-            reach = "never" if r["median"] is None else f"{r['median']:.0f} ({r['reached']}/{r['seeds']} seeds)"
-            click.echo(f"{p['policy']:<26} {reach:<22} {_ci(a['share_after']):<26} "
-                       f"{_ci(a['regret_per_round_before'], '{:.4f}'):<26} {_ci(a['regret_per_round_after'], '{:.4f}'):<26}")
-    if rep["policies"] and "new_task" in rep["policies"][0]:
-        t0 = rep["policies"][0]["new_task"]
-        click.echo(f"\ntask {t0['task']} starts at round {t0['round']}; regret per round on its first "
-                   f"{t0['first_rows']} rows vs the other tasks' rows in the same rounds")
-        click.echo(f"{'policy':<26} {'new task, first rows':<26} {'other tasks, same rounds':<26} {'new task, later rows':<26}")
-        for p in rep["policies"]:
-            t = p["new_task"]
-            click.echo(f"{p['policy']:<26} {_ci(t['regret_per_round_first_rows'], '{:.4f}'):<26} "
-                       f"{_ci(t['regret_per_round_other_tasks_same_rounds'], '{:.4f}'):<26} "
-                       f"{_ci(t['regret_per_round_later_rows'], '{:.4f}'):<26}")
-    if rep.get("plot"):
-        click.echo(f"\nregret curves written to {rep['plot']}")
-
-
-def _print_logged(rep: dict) -> None:
-    click.echo(f"decision log {rep['source']}")
-    for t in rep["targets"]:
-        click.echo(f"\ntarget {t['policy']}: {t['rewarded']} rewarded of {t['events']} events, logged mean reward "
-                   f"{t['logged_mean_reward']:.4f}, effective sample size {t['effective_sample_size']:.1f}")
-        click.echo(f"{'estimator':<10} {'value [95 % bootstrap interval]':<34} note")
-        for name, e in t["estimators"].items():
-            note = ""
-            if name == "replay":
-                note = f"{e['logging']}: {e['matched']} events matched of {e['kept']} kept"
-            click.echo(f"{name:<10} {_ci(e, '{:.4f}'):<34} {note}")
 
 
 @main.command()
@@ -685,7 +520,7 @@ def _print_logged(rep: dict) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write cumulative-regret curves to this PNG.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes to spread the runs over.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples (--logged).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --logged's randomness.")
+@click.option("--seed", default="0", show_default=True, help="Seed for --logged's randomness, 0 to 2^63 - 1.")
 @db_option
 @json_option
 def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, db_path, as_json):
@@ -694,44 +529,38 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
     # over the cores. Effective when numpy is not loaded yet, as in a fresh `bandit` process.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    from bandit import render
     from bandit.errors import BanditError
+    from bandit.inputs import parse_seed
 
+    seed = parse_seed(seed)
     if (outcomes is None) == (logged is None):
         raise BanditError("give exactly one of --outcomes FILE or --logged [FILE]")
     policies = list(policies) or list(DEFAULT_REPLAY_POLICIES)
     if logged is not None:
         if add_arm_at or new_task_at or plot:
             raise BanditError("--add-arm-at, --new-task-at and --plot apply to --outcomes only")
-        from bandit.offline.ope import evaluate_log_source
+        if logged:
+            from bandit.offline.ope import evaluate_log_source
 
-        store = None
-        if not logged:
-            if not os.path.exists(db_path):
-                raise BanditError(f"{db_path}: no such database (give --db, or a decision log file)")
-            from store import Store
-
-            store = Store(db_path)
-        rep = evaluate_log_source(policies, logged or None, store, seed=seed, bootstrap=bootstrap)
-        emit_json(rep) if as_json else _print_logged(rep)
+            rep = evaluate_log_source(policies, logged, None, seed=seed, bootstrap=bootstrap)
+        else:
+            rep = _service(db_path, create=False).evaluate_logged(policies, None, seed=seed, bootstrap=bootstrap)
+        emit_json(rep) if as_json else click.echo(render.logged(rep))
         return
     from bandit.offline.replay import AddArm, NewTask, parse_scenario_arg, replay_outcomes
 
     add_arm = AddArm(*parse_scenario_arg(add_arm_at, "--add-arm-at")) if add_arm_at else None
     new_task = NewTask(*parse_scenario_arg(new_task_at, "--new-task-at")) if new_task_at else None
-    known = None
-    if os.path.exists(db_path):  # arms registered there describe the table's arms best
-        from bandit.policies.base import ArmSpec
-        from store import Store
-
-        with Store(db_path) as st:
-            known = {a["name"]: ArmSpec(a["name"], a["operator"], a["params"]) for a in st.arms()}
+    # arms registered in the database, when there is one, describe the table's arms best
+    known = _service(db_path, create=False).arm_specs() if os.path.exists(db_path) else None
     bar, tick = _progress_bar(len(policies) * max(seeds, 0), as_json)
     try:
         rep = replay_outcomes(outcomes, policies, seeds, add_arm, new_task, known, jobs, plot, tick)
     finally:
         if bar is not None:
             bar.close()
-    emit_json(rep) if as_json else _print_replay(rep)
+    emit_json(rep) if as_json else click.echo(render.replay(rep))
 
 
 @main.group()
@@ -746,6 +575,8 @@ def policy():
 @json_option
 def policy_set(name, params, db_path, as_json):
     """Make NAME (linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
+    from bandit import render
+    from bandit.errors import BanditError
     from bandit.inputs import parse_params
     from bandit.policies.registry import parse_policy_spec
 
@@ -757,14 +588,9 @@ def policy_set(name, params, db_path, as_json):
     values = parse_params(params)
     for k in extra:
         if k in values:
-            from bandit.errors import BanditError
-
             raise BanditError(f"parameter {k!r} given twice")
-    out = _service(db_path).set_policy(name, {**extra, **values})
-    if as_json:
-        emit_json(out)
-    else:
-        click.echo(f"live policy: {out['label']}  ({_fmt_params(out['effective'])})")
+    info = _service(db_path).set_policy(name, {**extra, **values})
+    emit_json(info) if as_json else click.echo(render.policy(info))
 
 
 @policy.command("show")
@@ -772,11 +598,10 @@ def policy_set(name, params, db_path, as_json):
 @json_option
 def policy_show(db_path, as_json):
     """The live policy and its settings."""
-    out = _service(db_path).show_policy()
-    if as_json:
-        emit_json(out)
-    else:
-        click.echo(f"live policy: {out['label']}  ({_fmt_params(out['effective'])})")
+    from bandit import render
+
+    info = _service(db_path).show_policy()
+    emit_json(info) if as_json else click.echo(render.policy(info))
 
 
 @main.command()
@@ -786,23 +611,12 @@ def policy_show(db_path, as_json):
 @click.option("--rewarded-only", is_flag=True, help="Only events that have a reward.")
 @db_option
 def export(fmt, output, rewarded_only, db_path):
-    """Write the events as a decision log (see bandit/decision_log.py for the layout)."""
-    from bandit.offline.decision_log import export_events
-    from bandit.errors import BanditError
-    from store import Store
+    """Write the events as a decision log (see bandit/offline/decision_log.py for the layout)."""
+    from bandit import render
 
-    if not os.path.exists(db_path):
-        raise BanditError(f"{db_path}: no such database")
-    with Store(db_path) as store:
-        if output == "-":
-            n = export_events(store.events(rewarded_only=rewarded_only), sys.stdout, fmt)
-        else:
-            tmp = output + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                n = export_events(store.events(rewarded_only=rewarded_only), f, fmt)
-            os.replace(tmp, output)
+    n = _service(db_path, create=False).export(output, rewarded_only, fmt, stream=sys.stdout)
     if output != "-":
-        click.echo(f"wrote {n} events to {output}", err=True)
+        click.echo(render.exported(n, output), err=True)
 
 
 
@@ -825,18 +639,11 @@ def zoo_group() -> None:
 @json_option
 def zoo_build(directory, size, as_json) -> None:
     """Build the zoo, or complete it: models already built with the same recipe are reused."""
+    from bandit import render
     from zoo.build import build_zoo
 
     built = build_zoo(directory, size=size, progress=False if as_json else None)
-    if as_json:
-        emit_json({"root": str(built.root), **built.manifest})
-        return
-    m = built.manifest
-    click.echo(f"zoo ({m['size']}, {m['parameters']:,} parameters per model) at {built.root}")
-    secs = m["build_seconds"]
-    click.echo(f"build time {secs['total']:.1f} s (this run {secs['this_run']:.1f} s); "
-               f"reused: {', '.join(m['reused']) or 'nothing'}")
-    click.echo(_accuracy_table(m["accuracy"], built.tasks))
+    emit_json(render.zoo_built_payload(built)) if as_json else click.echo(render.zoo_built(built))
 
 
 @main.command("eval")
@@ -846,14 +653,11 @@ def zoo_build(directory, size, as_json) -> None:
 @json_option
 def eval_cmd(model_dir, tasks, as_json) -> None:
     """Exact-match accuracy of MODEL_DIR on each task's held-out set."""
+    from bandit import render
     from zoo.evaluate import evaluate_folder
 
     accuracy = evaluate_folder(model_dir, list(tasks))
-    if as_json:
-        emit_json({"model": model_dir, "accuracy": accuracy})
-        return
-    for task, acc in accuracy.items():
-        click.echo(f"{task}\t{acc:.4f}")
+    emit_json({"model": model_dir, "accuracy": accuracy}) if as_json else click.echo(render.evaluation(accuracy))
 
 
 def _zoo_progress(total: int, enabled: bool, desc: str):
@@ -888,18 +692,6 @@ def _outcomes(z, out, device, structural_only, quiet):
         bar.close()
 
 
-def _outcome_report(s) -> str:
-    lines = [f"{s.rows} ordered expert pairs x {len(s.arms)} arms "
-             f"({s.merges_run} merges run, {s.merges_cached} from the cache)"]
-    lines.append(f"{'arm':<18} {'mean reward':>11} {'best on':>8}")
-    for arm in sorted(s.arms, key=lambda a: -s.arm_means[a]):
-        lines.append(f"{arm:<18} {s.arm_means[arm]:>11.4f} {s.wins[arm]:>8}")
-    lines.append(f"oracle (best arm per pair)  {s.oracle_mean:.4f}")
-    lines.append(f"best fixed arm              {s.best_fixed_arm} {s.best_fixed_mean:.4f}")
-    lines.append(f"gap a bandit can close      {s.gap:.4f}")
-    return "\n".join(lines)
-
-
 @zoo_group.command("outcomes")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Outcome table to write (.csv or .jsonl).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
@@ -909,12 +701,14 @@ def _outcome_report(s) -> str:
 @json_option
 def zoo_outcomes(out, directory, size, device, structural_only, as_json):
     """Merge every ordered expert pair with every default arm, evaluate, write the outcome table."""
+    from bandit import render
+
     z = _load_or_build_zoo(directory, size, as_json)
     s = _outcomes(z, out, device, structural_only, as_json)
     if as_json:
-        emit_json(s.to_dict())
+        emit_json(s)
     else:
-        click.echo(_outcome_report(s))
+        click.echo(render.outcome_summary(s))
         click.echo(f"written to {out}")
 
 
@@ -934,52 +728,23 @@ def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
     Builds the zoo and its outcome table first when they are missing (cached afterwards).
     Ctrl-C stops cleanly; every finished round stays in the database.
     """
-    import os
-
+    from bandit import render
     from zoo.demo import run_demo
 
     z = _load_or_build_zoo(directory, size, as_json)
     table = _outcomes(z, str(z.root / "outcomes.csv"), device, False, as_json)
     if not as_json:
-        click.echo(_outcome_report(table))
+        click.echo(render.outcome_summary(table))
         click.echo("")
-        click.echo(f"{'round':>5}  {'merge (A, B)':<28} {'arm':<17} {'reward':>6} {'mean':>6}")
+        click.echo(render.demo_header())
     plot = plot or os.path.splitext(db_path)[0] + "-learning-curve.png"
 
     def show(r):
-        if as_json:
-            return
-        pair = f"{r.model_a.removeprefix('expert-')}, {r.model_b.removeprefix('expert-')}"
-        click.echo(f"{r.round:>5}  {pair:<28} {r.arm:<17} {r.reward:>6.3f} {r.running_mean:>6.3f}")
+        if not as_json:
+            click.echo(render.demo_round(r))
 
     s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show)
-    if as_json:
-        emit_json(s.to_dict())
-        return
-    if s.interrupted:
-        click.echo(f"interrupted after {s.rounds} rounds; all of them are in {db_path}")
-    n = max(s.rounds, 1)
-    click.echo("")
-    click.echo(f"cumulative reward over {s.rounds} rounds (mean per round):")
-    click.echo(f"  bandit          {s.bandit:8.3f}  ({s.bandit / n:.4f})")
-    click.echo(f"  best fixed arm  {s.best_fixed:8.3f}  ({s.best_fixed / n:.4f})  [{s.best_fixed_arm}, chosen in hindsight]")
-    click.echo(f"  random arm      {s.random:8.3f}  ({s.random / n:.4f})")
-    click.echo(f"  oracle          {s.oracle:8.3f}  ({s.oracle / n:.4f})")
-    gap = s.oracle - s.best_fixed
-    if gap > 0:
-        click.echo(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%}")
-    click.echo(f"  first half mean {s.first_half_mean:.4f}, second half mean {s.second_half_mean:.4f}")
-    click.echo("  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
-    if s.plot:
-        click.echo(f"learning curve: {s.plot}")
-
-
-def _accuracy_table(accuracy: dict, tasks: list[str]) -> str:
-    width = max(len(m) for m in accuracy)
-    lines = [" " * width + "  " + " ".join(f"{t[:8]:>8}" for t in tasks)]
-    for model, row in accuracy.items():
-        lines.append(f"{model:<{width}}  " + " ".join(f"{row[t]:8.3f}" for t in tasks))
-    return "\n".join(lines)
+    emit_json(s) if as_json else click.echo(render.demo_summary(s, db_path))
 
 
 if __name__ == "__main__":

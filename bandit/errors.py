@@ -34,3 +34,11 @@ class Unavailable(BanditError):
     """The database cannot do it now: locked past the timeout, read-only, disk full."""
 
     kind = "unavailable"
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """The store's own error class, for front ends that catch everything a user can cause
+    without importing the store themselves (the facade already converts what it raises)."""
+    from store.errors import StoreError
+
+    return (StoreError,)

@@ -74,6 +74,8 @@ def parse_number(text: str | float | int, what: str, *, bounded: bool = False) -
                 raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a finite number")
             raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a number (write a plain decimal such as 0.5 or -1e-3)")
         value = float(raw)
+        if bounded and value in (float("inf"), float("-inf")):  # 1e400, or 400 digits
+            return _bounded(value, what, raw[:40])
     if value != value or value in (float("inf"), float("-inf")):
         raise InvalidInput(f"{what}: {str(text)[:40]!r} is not a finite number")
     return _bounded(value, what, str(text)[:40]) if bounded else value
@@ -179,7 +181,9 @@ def _scalar(text: str) -> object:
         return int(t) if is_int else number
     if not t:
         raise InvalidInput("empty parameter value")
-    if t[0] in "0123456789+-." or t.lower() in ("inf", "-inf", "nan", ".inf", ".nan", "null", "none", "~"):
+    unsigned = t[1:] if t[0] in "+-" else t
+    if (unsigned[:1] in tuple("0123456789.")
+            or unsigned.lower() in ("inf", "infinity", "nan", ".inf", ".nan", "null", "none", "~")):
         raise InvalidInput(f"parameter value {t[:40]!r} is not a number (write a plain decimal such as 0.5), "
                            "true/false or a name")
     return t

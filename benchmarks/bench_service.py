@@ -1,9 +1,12 @@
-"""Service speed: in-process propose+reward cycles per second, and `bandit reward` start-up.
+"""Service speed: in-process propose+reward cycles per second, `bandit reward` start-up,
+and propose latency against the length of the log, for every policy.
 
-    python benchmarks/bench_service.py [--cycles 3000] [--runs 15]
+    python benchmarks/bench_service.py [--cycles 3000] [--runs 15] [--large 100000]
+        [--policies linucb,lints,egreedy,hybrid,vw,random,fixed] [--skip-cycles] [--skip-reward]
 
 Prints figures and ratios; targets: ≥ 2,000 cycles/s with d = 32 features and K = 20
-arms on a file database, and `bandit reward` wall time ≤ 3× `python -c "import sqlite3"`.
+arms on a file database, `bandit reward` wall time ≤ 3× `python -c "import sqlite3"`, and
+propose latency at --large logged rewards ≤ 1.5× that at 100, per policy.
 """
 from __future__ import annotations
 
@@ -42,6 +45,87 @@ def cycles_per_second(db: str, cycles: int, d: int = 32, k: int = 20) -> float:
     return cycles / (time.perf_counter() - t0)
 
 
+LATENCY_POLICIES = {
+    "linucb": {}, "lints": {}, "egreedy": {}, "hybrid": {}, "vw": {}, "random": {},
+    "fixed": {"arm": "ties", "epsilon": 0.05},
+}
+
+
+def logged_database(db: str, n_rewards: int, seed: int = 0) -> None:
+    """A database holding `n_rewards` rewarded proposals, written in bulk (as a long-lived
+    service would have logged them: 4 features, the 8 default arms, uniform pmf), with its
+    ridge posteriors rebuilt from them."""
+    import json
+    import random
+
+    from bandit.service import Service
+
+    svc = Service(db)
+    arms = [a.name for a in svc.arms()]
+    rng = random.Random(seed)
+    store = svc.store
+    with store.transaction():
+        for i in range(n_rewards):
+            ctx = {f"f{j}": rng.uniform(-1, 1) for j in range(4)}
+            chosen = rng.randrange(len(arms))
+            event = {"created_at": 0.0, "task": "bench", "policy": "linucb", "policy_params": {},
+                     "candidates": None, "contexts": [ctx], "actions": [{"arm": a, "candidate": 0} for a in arms],
+                     "pmf": [1 / len(arms)] * len(arms), "chosen": chosen, "arm": arms[chosen],
+                     "model_a": None, "model_b": None, "prob": 1 / len(arms), "predicted": 0.0, "bonus": 0.0,
+                     "seed": i, "recipe": json.loads("{}")}
+            event_id = store.insert_event(event)
+            store.insert_reward(event_id, rng.uniform(0, 1))
+        store.ensure_task("bench")
+    svc.rebuild()
+    store.close()
+
+
+def propose_latency(db: str, policy: str, params: dict, proposals: int) -> tuple[float, float, float]:
+    """(seconds to switch to the policy, seconds of a new process's first propose, median
+    seconds of the following in-process proposes)."""
+    import random
+
+    from bandit.service import Service
+
+    svc = Service(db)
+    t0 = time.perf_counter()
+    svc.set_policy(policy, params)
+    switch = time.perf_counter() - t0
+    svc.store.close()
+    other = Service(db)  # another process: loads what the switch prepared
+    rng = random.Random(1)
+    ctx = {f"f{j}": rng.uniform(-1, 1) for j in range(4)}
+    t0 = time.perf_counter()
+    other.propose("bench", ctx, seed=0)
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(proposals):
+        ctx = {f"f{j}": rng.uniform(-1, 1) for j in range(4)}
+        t0 = time.perf_counter()
+        other.propose("bench", ctx, seed=i)
+        times.append(time.perf_counter() - t0)
+    other.store.close()
+    return switch, first, statistics.median(times)
+
+
+def latency_table(tmp: str, large: int, policies: list[str], proposals: int) -> None:
+    dbs = {}
+    for n in (100, large):
+        dbs[n] = os.path.join(tmp, f"log{n}.db")
+        t0 = time.perf_counter()
+        logged_database(dbs[n], n)
+        print(f"logged {n:,} rewards in bulk and rebuilt the posteriors: {time.perf_counter() - t0:.1f} s", flush=True)
+    print(f"propose latency, median of {proposals} in-process proposes after the switch "
+          f"(switch = `policy set` time, first = a new process's first propose)")
+    print(f"{'policy':<8} {'at 100':>10} {'at ' + format(large, ','):>12} {'ratio':>7}   "
+          f"{'switch 100':>10} {'switch ' + format(large, ','):>14} {'first ' + format(large, ','):>13}")
+    for name in policies:
+        small = propose_latency(dbs[100], name, LATENCY_POLICIES[name], proposals)
+        big = propose_latency(dbs[large], name, LATENCY_POLICIES[name], proposals)
+        print(f"{name:<8} {small[2] * 1000:>8.2f}ms {big[2] * 1000:>10.2f}ms {big[2] / small[2]:>6.2f}x   "
+              f"{small[0]:>9.2f}s {big[0]:>13.2f}s {big[1]:>12.3f}s  (target ratio <= 1.5)", flush=True)
+
+
 def wall(cmd: list[str], runs: int, env: dict) -> float:
     times = []
     for _ in range(runs):
@@ -55,12 +139,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cycles", type=int, default=3000)
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--large", type=int, default=100_000, help="Logged rewards of the large database.")
+    ap.add_argument("--proposals", type=int, default=200)
+    ap.add_argument("--policies", default=",".join(LATENCY_POLICIES))
+    ap.add_argument("--skip-cycles", action="store_true")
+    ap.add_argument("--skip-reward", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
-        rate = cycles_per_second(db, args.cycles)
-        print(f"in-process propose+reward, d=32 features, K=20 arms, file database: {rate:,.0f} cycles/s "
-              f"(target >= 2,000: {rate / 2000:.2f}x of target)")
+        if not args.skip_cycles:
+            rate = cycles_per_second(db, args.cycles)
+            print(f"in-process propose+reward, d=32 features, K=20 arms, file database: {rate:,.0f} cycles/s "
+                  f"(target >= 2,000: {rate / 2000:.2f}x of target)", flush=True)
+        if not args.skip_latency:
+            latency_table(tmp, args.large, [p for p in args.policies.split(",") if p], args.proposals)
+        if args.skip_reward:
+            return
 
         # `bandit reward` as a user runs it: a fresh process per call.
         from bandit.service import Service

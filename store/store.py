@@ -73,7 +73,7 @@ class Store:
         if not os.path.isdir(folder):
             raise StoreError(f"{self.path}: folder {folder} does not exist")
         if not create and not os.path.exists(self.path):
-            raise StoreError(f"{self.path}: no such database (check --db or $BANDIT_DB)")
+            raise StoreError(f"{self.path}: no such database (check --db or $BANDIT_DB)", kind="not_found")
         try:
             self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                         factory=_Connection, check_same_thread=not shared)
@@ -327,25 +327,24 @@ class Store:
             r["actions"] = json.loads(r["actions"])
             yield r
 
-    def rewarded_event_ids(self) -> list[int]:
-        """Ids of the rewarded events, in the order the rewards were recorded."""
-        return [r["event_id"] for r in self._all("SELECT event_id FROM rewards ORDER BY id")]
+    def rewarded_decisions_after(self, reward_id: int) -> Iterator[dict]:
+        """What a learner replays, for every reward recorded after reward `reward_id`, in
+        the order recorded: reward id and value, chosen action, offered actions, contexts
+        and logged probability. The primary key makes it cost what it returns."""
+        sql = (
+            "SELECT r.id AS reward_id, r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions, e.prob "
+            "FROM rewards r JOIN events e ON e.id = r.event_id WHERE r.id > ? ORDER BY r.id"
+        )
+        for r in self.conn.execute(sql, (reward_id,)).fetchall():
+            r["contexts"] = json.loads(r["contexts"])
+            r["actions"] = json.loads(r["actions"])
+            yield r
 
-    def rewarded_decisions(self, event_ids: list[int]) -> list[dict]:
-        """Reward, chosen action, offered actions, contexts and logged probability of the
-        given rewarded events, in the order of `event_ids`: what a learner replays."""
-        out: dict[int, dict] = {}
-        for start in range(0, len(event_ids), 500):
-            chunk = event_ids[start:start + 500]
-            sql = (
-                "SELECT r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions, e.prob FROM rewards r "
-                f"JOIN events e ON e.id = r.event_id WHERE r.event_id IN ({', '.join('?' * len(chunk))})"
-            )
-            for r in self.conn.execute(sql, chunk):
-                r["contexts"] = json.loads(r["contexts"])
-                r["actions"] = json.loads(r["actions"])
-                out[r["event_id"]] = r
-        return [out[i] for i in event_ids if i in out]
+    def last_reward_id(self) -> int:
+        return self._one("SELECT coalesce(max(id), 0) AS n FROM rewards")["n"]
+
+    def count_rewards_upto(self, reward_id: int) -> int:
+        return self._one("SELECT count(*) AS n FROM rewards WHERE id <= ?", (reward_id,))["n"]
 
     def arm_stats(self) -> list[dict]:
         return self._all(

@@ -158,8 +158,8 @@ def test_plugin_operator_becomes_an_arm(svc, tmp_path):
     assert res.exit_code == 1 and "no_such_operator_q" in res.output
     svc2 = Service(db)
     for a in svc2.arms():
-        if a["name"] != "mine":
-            svc2.retire_arm(a["name"])
+        if a.name != "mine":
+            svc2.retire_arm(a.name)
     p = svc2.propose_merge("t", ["a", "b"], seed=0, structural_only=True)
     assert p.arm == "mine" and p.operator == "test_scaled_mean"
     res = runner.invoke(main, ["merge", "--event", str(p.event_id), "--plugin", "tests.test_operators:scaled_mean",

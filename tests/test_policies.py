@@ -285,7 +285,7 @@ def test_service_policy_set_show_and_log_fed_policies(tmp_path):
 
     db = tmp_path / "b.db"
     svc = Service(db)
-    assert svc.show_policy()["name"] == "linucb"
+    assert svc.show_policy().name == "linucb"
     with pytest.raises(BanditError, match="epsilon > 0"):
         svc.set_policy("fixed", {"arm": "ties"})
     with pytest.raises(BanditError, match="no arm"):
@@ -293,7 +293,7 @@ def test_service_policy_set_show_and_log_fed_policies(tmp_path):
     with pytest.raises(BanditError):
         svc.set_policy("hybrid", {"gamma": 1})
     out = svc.set_policy("hybrid", {"alpha": 0.5})
-    assert out["label"] == "hybrid:alpha=0.5" and out["effective"]["alpha"] == 0.5
+    assert out.label == "hybrid:alpha=0.5" and out.effective["alpha"] == 0.5
     for i in range(12):
         p = svc.propose("t", {"a": i / 12}, seed=i)
         assert p.policy == "hybrid"
@@ -321,7 +321,7 @@ def test_service_vw_workspace_saved_next_to_the_database(tmp_path):
     p2 = fresh.propose("t", {"a": 0.3}, seed=5)
     assert p2.arm == p1.arm
     np.testing.assert_allclose([e["p"] for e in p2.pmf], [e["p"] for e in p1.pmf], rtol=1e-6)
-    assert len(fresh._learned) == 10  # loaded from the file, not relearned
+    assert fresh.live.learned == 10  # loaded from the file, not relearned
 
 
 def test_service_relearns_a_vw_workspace_that_does_not_match_the_database(tmp_path):
@@ -341,12 +341,12 @@ def test_service_relearns_a_vw_workspace_that_does_not_match_the_database(tmp_pa
     other = Service(db2)
     other.set_policy("vw", {})
     other.propose("t", {"a": 0.1}, seed=1)
-    assert other._learned == set()
+    assert other.live.learned == 0
     # a corrupt file is relearned too, not an error
     (tmp_path / "b.db.vw").write_bytes(b"garbage")
     again = Service(db)
     again.propose("t", {"a": 0.1}, seed=2)
-    assert len(again._learned) == 6
+    assert again.live.learned == 6
 
 
 def test_hybrid_snapshot_round_trip_continues_bit_for_bit(tmp_path):
@@ -379,8 +379,82 @@ def test_service_hybrid_loads_its_snapshot_instead_of_relearning(tmp_path):
     assert (tmp_path / "b.db.hybrid.npz").exists()
     fresh = Service(db)
     fresh.policy()
-    assert len(fresh._learned) == 8
+    assert fresh.live.learned == 8
     # another reward after the snapshot: the fresh process learns just that one
     p = svc.propose("t", {"a": 0.9}, seed=3)
     svc.reward(p.event_id, 0.1)
     assert fresh.propose("t", {"a": 0.5}, seed=4).pmf == svc.propose("t", {"a": 0.5}, seed=4).pmf
+
+
+# -- switching policies: relearn once, share the snapshot, then learn incrementally -----------
+def _logged_rewards(svc, n, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        p = svc.propose("t", {"a": float(rng.uniform(-1, 1)), "b": float(rng.uniform(-1, 1))}, seed=i)
+        svc.reward(p.event_id, float(rng.uniform(0, 1)))
+
+
+@pytest.mark.parametrize("name", ["hybrid", "vw"])
+def test_policy_switch_relearns_once_and_matches_a_fresh_relearn(tmp_path, name):
+    from bandit.service import Service
+
+    db = str(tmp_path / "s.db")
+    svc = Service(db)
+    _logged_rewards(svc, 40)
+    svc.set_policy(name, {})
+    snapshot = tmp_path / ("s.db" + {"hybrid": ".hybrid.npz", "vw": ".vw"}[name])
+    assert snapshot.exists()  # the switching process relearned the log and wrote it
+    written = snapshot.stat().st_mtime_ns
+
+    other = Service(db)  # another process: loads the snapshot, relearns nothing
+    loaded = other.propose("t", {"a": 0.3, "b": -0.2}, seed=7)
+    assert other.live.learned == 40 and snapshot.stat().st_mtime_ns == written
+
+    snapshot.unlink()  # a process without the snapshot relearns the whole log itself
+    fresh = Service(db)
+    relearned = fresh.propose("t", {"a": 0.3, "b": -0.2}, seed=7)
+    assert fresh.live.learned == 40
+    assert relearned.arm == loaded.arm
+    np.testing.assert_allclose([e["p"] for e in relearned.pmf], [e["p"] for e in loaded.pmf], rtol=1e-9, atol=1e-12)
+
+
+def test_log_fed_policy_reads_only_rewards_after_its_cursor(tmp_path, monkeypatch):
+    from bandit.service import Service
+
+    db = str(tmp_path / "c.db")
+    svc = Service(db)
+    svc.set_policy("hybrid", {})
+    _logged_rewards(svc, 10)
+    seen = []
+    original = svc.store.rewarded_decisions_after
+
+    def spy(cursor):
+        rows = list(original(cursor))
+        seen.append((cursor, len(rows)))
+        return iter(rows)
+
+    monkeypatch.setattr(svc.store, "rewarded_decisions_after", spy)
+    svc.propose("t", {"a": 0.1, "b": 0.1}, seed=1)
+    svc.propose("t", {"a": 0.1, "b": 0.1}, seed=2)
+    last = svc.store.last_reward_id()
+    # each sync asks only for rewards after the last one learned: the 10th reward (recorded
+    # after the proposal that preceded it), then nothing new
+    assert seen == [(last - 1, 1), (last, 0)]
+    p = svc.propose("t", {"a": 0.2, "b": 0.2}, seed=3)
+    svc.reward(p.event_id, 0.5)
+    svc.propose("t", {"a": 0.1, "b": 0.1}, seed=4)
+    assert seen[-1] == (last, 1) and svc.live.cursor == last + 1 and svc.live.learned == 11
+
+
+def test_stateless_baselines_skip_the_log(tmp_path, monkeypatch):
+    from bandit.service import Service
+
+    db = str(tmp_path / "r.db")
+    svc = Service(db)
+    _logged_rewards(svc, 5)
+    svc.set_policy("random", {})
+    fresh = Service(db)
+    monkeypatch.setattr(fresh.store, "rewarded_decisions_after",
+                        lambda cursor: pytest.fail("a stateless policy read the log"))
+    fresh.propose("t", {"a": 0.1}, seed=0)
+    assert fresh.live.cursor == fresh.store.last_reward_id() == 5

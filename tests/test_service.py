@@ -22,7 +22,7 @@ def ridge_row(svc, arm):
 
 
 def test_default_arms_installed_once(svc, tmp_path):
-    names = [a["name"] for a in svc.arms()]
+    names = [a.name for a in svc.arms()]
     assert names == [n for n, _, _ in DEFAULT_ARMS]
     Service(str(tmp_path / "b.db"))  # a second open adds nothing
     assert len(Store(tmp_path / "b.db").arms()) == len(DEFAULT_ARMS)
@@ -164,7 +164,7 @@ def test_stats(svc):
     for i in range(10):
         p = svc.propose("t", {"a": 1.0}, seed=i)
         svc.reward(p.event_id, 0.5)
-    rows = {r["arm"]: r for r in svc.stats()}
+    rows = {r.arm: r.to_dict() for r in svc.stats()}
     assert sum(r["proposals"] for r in rows.values()) == 10
     assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
     pulled = [r for r in rows.values() if r["pulls"]]

@@ -48,6 +48,7 @@ class Policy(ABC):
     """Score candidates, learn one reward, take up a new arm."""
 
     name: str = "policy"
+    learns_from_log: bool = True  # False: the live service may skip feeding it the rewards
 
     def __init__(self) -> None:
         self.specs: dict[str, ArmSpec] = {}  # arms known, in the order they were added

@@ -36,6 +36,8 @@ class EpsilonGreedy(RidgeArms):
 class _Stateless(Policy):
     """Policies that learn nothing: arms are only remembered so they can be listed."""
 
+    learns_from_log = False
+
     def add_arm(self, arm: ArmSpec, warm_start_from: str | None = None, shrink: float = 0.1) -> None:
         self.check_new_arm(arm, warm_start_from, shrink)
         self.specs[arm.name] = arm

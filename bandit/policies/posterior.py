@@ -15,17 +15,6 @@ from bandit.policies import ridge
 DTYPE = np.dtype("<f8")
 
 
-def update_arrays(A, b, x: list[float], r: float) -> None:
-    """`ridge.update` done by numpy on the same float64 buffers: the same operations
-    (x_i·x_j, then one addition), hence bit-identical results, much faster for large d."""
-    d = len(x)
-    xa = np.asarray(x, dtype=np.float64)
-    A_np = np.frombuffer(A, dtype=np.float64).reshape(d, d)
-    A_np += np.outer(xa, xa)
-    b_np = np.frombuffer(b, dtype=np.float64)
-    b_np += r * xa
-
-
 class Posterior:
     def __init__(
         self, schema: Sequence[str], lam: float, A: np.ndarray, b: np.ndarray, n: int = 0,
@@ -57,8 +46,8 @@ class Posterior:
 
     def shrunk_copy(self, s: float) -> "Posterior":
         """A = λI + s·(A − λI), b = s·b: the donor's direction with a fraction of its confidence."""
-        eye = self.lam * np.eye(self.d)
-        return Posterior(self.schema, self.lam, eye + s * (self.A - eye), s * self.b, 0, self.refactor_every)
+        A, b = ridge.shrink(self.A.ravel().tolist(), self.b.tolist(), self.lam, self.d, s)
+        return Posterior(self.schema, self.lam, np.asarray(A), np.asarray(b), 0, self.refactor_every)
 
     @property
     def d(self) -> int:
@@ -127,9 +116,9 @@ class Posterior:
     def learn(self, context: Mapping[str, float], reward: float) -> None:
         """One observation: A += xxᵀ, b += r·x, A⁻¹ by Sherman–Morrison."""
         self.extend(ridge.new_names(self.schema, context))
-        x = np.asarray(ridge.vector(self.schema, context))
-        self.A += np.outer(x, x)
-        self.b += reward * x
+        x_list = ridge.vector(self.schema, context)
+        ridge.update(self.A, self.b, x_list, reward)
+        x = np.asarray(x_list)
         self.n += 1
         self._since_refactor += 1
         if self._since_refactor >= self.refactor_every:

@@ -18,8 +18,10 @@ def collect(svc) -> dict[str, Any]:
     """Everything the page shows, from the facade (also served as JSON at /v1/dashboard)."""
     from bandit.service.monitor import jobs_summary, pending, recent_events, reward_curves
 
+    from bandit.render import payload
+
     return {
-        "policy": svc.show_policy(), "stats": svc.stats(), "curves": reward_curves(svc.store),
+        "policy": payload(svc.show_policy()), "stats": payload(svc.stats()), "curves": reward_curves(svc.store),
         "recent": recent_events(svc.store, 15), "pending": pending(svc.store, 15), "jobs": jobs_summary(svc.store, 10),
     }
 

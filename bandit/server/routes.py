@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from bandit.render import payload
 from bandit.server import schemas as s
 
 router = APIRouter(prefix="/v1")
@@ -40,8 +41,11 @@ def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
         if body.trial_merges or body.trial_budget:
             raise InvalidInput("trial merges need models: they merge the candidate pairs")
         p = svc.propose(body.task, body.context or {}, seed=seed)  # the facade checks the context
-    # The fields of Proposal.to_dict(), without its deep copy: the payload is serialised at once.
-    return dict(vars(p))
+    # Proposal.to_dict() without its deep copy: the payload is serialised at once.
+    out = dict(vars(p))
+    if out.get("merged") is None:
+        out.pop("merged", None)
+    return out
 
 
 def _accepts(fn, name: str) -> bool:
@@ -63,9 +67,7 @@ async def propose(body: s.ProposeRequest, request: Request):
 def _reward(svc, event_id: str, value) -> dict:
     from bandit.service.join_window import reward_in_window
 
-    out = reward_in_window(svc, event_id, value)
-    return {"event_id": out.event_id, "arm": out.arm, "reward": out.value, "duplicate": out.duplicate,
-            "pulls": out.pulls}
+    return reward_in_window(svc, event_id, value).to_dict()
 
 
 @router.post("/events/{event_id}/reward", response_model=s.RewardResult, responses=ERRORS,
@@ -84,11 +86,9 @@ async def get_event(event_id: str, request: Request):
 @router.get("/events", responses=ERRORS, summary="The decision log as JSONL (bandit export)",
             response_class=Response)
 async def export(request: Request, rewarded_only: bool = False):
-    from bandit.offline.decision_log import export_events
-
     def _export(svc) -> str:
         buf = io.StringIO()
-        export_events(svc.store.events(rewarded_only=rewarded_only), buf, "jsonl")
+        svc.export("-", rewarded_only=rewarded_only, stream=buf)
         return buf.getvalue()
 
     text = await _rt(request).service.call(_export)
@@ -98,81 +98,64 @@ async def export(request: Request, rewarded_only: bool = False):
 # -- arms, policy, stats -------------------------------------------------------------------------
 @router.get("/arms", response_model=list[s.Arm], responses=ERRORS, summary="Arms (retired ones with all=true)")
 async def arms_list(request: Request, all: bool = False):  # noqa: A002 — the CLI's --all
-    rows = await _rt(request).service.call(lambda svc: svc.arms())
-    return [a for a in rows if all or a["status"] == "active"]
+    return await _rt(request).service.call(lambda svc: payload(svc.arms(include_retired=all)))
 
 
 @router.post("/arms", response_model=s.Arm, status_code=201, responses=ERRORS, summary="Add an arm")
 async def arms_add(body: s.ArmAddRequest, request: Request):
-    def _add(svc):
-        arm = svc.add_arm(body.name, body.operator, dict(body.params), body.warm_start_from, body.shrink)
-        return {**arm, "status": "active"}
-
-    return await _rt(request).service.call(_add)
+    return await _rt(request).service.call(lambda svc: payload(
+        svc.add_arm(body.name, body.operator, dict(body.params), body.warm_start_from, body.shrink)))
 
 
 @router.post("/arms/{name}/retire", response_model=s.Retired, responses=ERRORS, summary="Retire an arm")
 async def arms_retire(name: str, request: Request):
-    def _retire(svc):
-        svc.retire_arm(name)
-        return {"name": name, "status": "retired"}
+    from bandit.render import arm_retired_payload
 
-    return await _rt(request).service.call(_retire)
+    return await _rt(request).service.call(lambda svc: arm_retired_payload(svc.retire_arm(name)))
 
 
 @router.get("/policy", response_model=s.PolicyView, responses=ERRORS, summary="The live policy")
 async def policy_show(request: Request):
-    return await _rt(request).service.call(lambda svc: svc.show_policy())
+    return await _rt(request).service.call(lambda svc: payload(svc.show_policy()))
 
 
 @router.put("/policy", response_model=s.PolicyView, responses=ERRORS,
             summary="Choose the live policy (documented settings only)")
 async def policy_set(body: s.PolicySetRequest, request: Request):
-    return await _rt(request).service.call(lambda svc: svc.set_policy(body.name, dict(body.params)))
+    return await _rt(request).service.call(lambda svc: payload(svc.set_policy(body.name, dict(body.params))))
 
 
 @router.get("/stats", response_model=list[s.ArmStats], responses=ERRORS, summary="Per-arm statistics")
 async def stats(request: Request):
-    return await _rt(request).service.call(lambda svc: svc.stats())
+    return await _rt(request).service.call(lambda svc: payload(svc.stats()))
 
 
 @router.get("/rebuild", response_model=s.Rebuild, responses=ERRORS,
             summary="Recompute every posterior from the log and compare (changes nothing)")
 async def rebuild_check(request: Request):
-    def _check(svc):
-        rep = svc.rebuild(check=True)
-        return {"arms": rep.arms, "rewards": rep.rewards, "max_abs_diff": rep.max_abs_diff,
-                "mismatched": rep.mismatched, "written": rep.written, "clean": rep.clean}
-
-    return await _rt(request).service.call(_check)
+    return await _rt(request).service.call(lambda svc: payload(svc.rebuild(check=True)))
 
 
 # -- catalog --------------------------------------------------------------------------------
 @router.get("/models", response_model=list[s.Model], responses=ERRORS, summary="Registered models")
 async def models_list(request: Request):
-    return await _rt(request).service.call(lambda svc: svc.store.models())
+    return await _rt(request).service.call(lambda svc: payload(svc.models()))
 
 
 @router.post("/models", response_model=s.Model, status_code=201, responses=ERRORS,
              summary="Register a checkpoint folder on the server")
 async def models_add(body: s.ModelAddRequest, request: Request):
-    from bandit.service.catalog import add_model
-
-    return await _rt(request).service.call(lambda svc: add_model(svc.store, body.name, body.path, body.base))
+    return await _rt(request).service.call(lambda svc: payload(svc.add_model(body.name, body.path, body.base)))
 
 
 @router.get("/tasks", response_model=list[s.Task], responses=ERRORS, summary="Tasks")
 async def tasks_list(request: Request):
-    return await _rt(request).service.call(lambda svc: svc.store.tasks())
+    return await _rt(request).service.call(lambda svc: payload(svc.tasks()))
 
 
 @router.post("/tasks", response_model=s.TaskAdded, responses=ERRORS, summary="Add a task (or replace its probes)")
 async def tasks_add(body: s.TaskAddRequest, request: Request):
-    def _add(svc):
-        new = svc.add_task(body.name, body.probes)
-        return {"name": body.name, "new": new, "probes": len([t for t in body.probes or [] if t.strip()])}
-
-    return await _rt(request).service.call(_add)
+    return await _rt(request).service.call(lambda svc: payload(svc.add_task(body.name, body.probes)))
 
 
 # -- jobs ----------------------------------------------------------------------------------

@@ -1,18 +1,272 @@
-"""The live service behind one facade, `Service`.
+"""`Service`: the one door to a bandit database, for the CLI and the HTTP server alike.
 
-`Service` is loaded on first use (PEP 562) so that `bandit.service.reward`, the fast reward
-path, can be imported without numpy or the policies.
+Methods take plain values (parsed by `bandit.inputs` or checked here) and return plain
+records (`bandit.service.records`, each with `to_dict()`); every failure a caller can cause
+is a `BanditError` whose `kind` says what it was (invalid, not_found, conflict,
+unavailable). Behind the door, one module per concern:
+
+    live.py       the live policy, kept current; log cursor and shared snapshots
+    proposals.py  scoring, sampling and logging a decision
+    reward.py     recording a reward and updating its arm's posterior (no numpy)
+    catalog.py    models, arms (and their λ), tasks
+    context.py    similarity features of model pairs, cached
+    rebuild.py    posteriors recomputed from the log, and checked
+    stats.py      per-arm statistics
+
+Only light modules are imported here, so `bandit reward` (a fresh process per call) runs
+without numpy; the rest load on first use.
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
 
-__all__ = ["Service"]
+from bandit.errors import BanditError, Conflict, InvalidInput, NotFound, Unavailable
+from bandit.service.reward import RewardOutcome, record_reward
+from store import Store, StoreError
+
+__all__ = ["Service", "BanditError"]
+
+_STORE_KINDS = {"conflict": Conflict, "not_found": NotFound}
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Service":
-        from bandit.service.facade import Service
+def _one_error_family(method):
+    """The store's errors leave the facade as BanditErrors of the same kind."""
 
-        return Service
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except StoreError as e:
+            raise _STORE_KINDS.get(e.kind, Unavailable)(str(e)) from None
+
+    return wrapper
+
+
+class Service:
+    """One database: propose, reward, arms, tasks, models, policy, stats, rebuild, export."""
+
+    def __init__(self, store: Store | str = "bandit.db", *, create: bool = True):
+        """`create=False`: the database must exist (a reward never creates one on a typo)."""
+        try:
+            self.store = store if isinstance(store, Store) else Store(store, create=create)
+        except StoreError as e:
+            raise _STORE_KINDS.get(e.kind, Unavailable)(str(e)) from None
+        self._live = None
+        self._known_tasks: set[str] = set()
+        self._initialized = False
+        if create:
+            self._ready()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _ready(self):
+        if not self._initialized:
+            from bandit.service.catalog import ensure_defaults
+
+            _one_error_family(ensure_defaults)(self.store)
+            self._initialized = True
+        return self
+
+    @property
+    def live(self):
+        if self._live is None:
+            from bandit.service.live import LivePolicy
+
+            self._ready()
+            self._live = LivePolicy(self.store)
+        return self._live
+
+    # -- the loop ------------------------------------------------------------------------
+    @_one_error_family
+    def propose(self, task, contexts=None, candidates=None, seed=None, inputs=None):
+        """Score every (candidate, arm) action, pick one from the policy's pmf, log the event."""
+        from bandit.service.proposals import propose
+
+        return propose(self.live, task, contexts, candidates, seed, inputs, self._known_tasks)
+
+    @_one_error_family
+    def propose_merge(self, task, models, *, seed=None, structural_only=False, device="auto", progress=False):
+        """Choose operator, order and pair for merging two of `models` (registered fine-tunes
+        of one base) for `task`: features for every ordered pair (cached), then `propose`."""
+        from bandit.service.catalog import check_task_name
+        from bandit.service.proposals import merge_contexts, propose
+
+        task = check_task_name(task)
+        contexts, pairs, inputs = merge_contexts(self.store, task, models, structural_only=structural_only,
+                                                 device=device, progress=progress)
+        return propose(self.live, task, contexts, pairs, seed, inputs, self._known_tasks)
+
+    @_one_error_family
+    def merge_event(self, event_id, out_dir, *, device="auto", progress=None, **engine_options):
+        """Run the merge that event EVENT_ID proposed into out_dir (a merging.MergeResult)."""
+        from bandit.service.proposals import merge_event
+
+        return merge_event(self.store, event_id, out_dir, device=device, progress=progress, **engine_options)
+
+    @_one_error_family
+    def reward(self, event_id, value) -> RewardOutcome:
+        """Record a reward (the same value twice is a no-op); the in-memory posterior follows."""
+        outcome = record_reward(self.store, event_id, value)
+        if self._live is not None:
+            self._live.after_reward(outcome)
+        return outcome
+
+    def policy(self):
+        """The live policy object, current (for tests and in-process users)."""
+        return self.live.current()
+
+    # -- policy --------------------------------------------------------------------------
+    @_one_error_family
+    def set_policy(self, name: str, params: dict | None = None):
+        """Choose the live policy. Its settings are checked by building it once; `fixed`
+        must name an arm of this database. Events record which policy chose them."""
+        from bandit.policies.linucb import RidgeArms
+        from bandit.policies.registry import make_policy, policy_label
+        from bandit.service.catalog import shift_lambda
+        from bandit.service.records import PolicyInfo
+
+        self._ready()
+        params = dict(params or {})
+        policy = make_policy(name, params)
+        if name == "fixed" and self.store.arm(params.get("arm")) is None:
+            raise NotFound(f"policy fixed: no arm named {params.get('arm')!r}")
+        if policy.params().get("epsilon", 1.0) <= 0:
+            # A live policy keeps every action's probability >= ε/K, so its log can be
+            # evaluated offline; ε = 0 is for replay baselines only.
+            raise InvalidInput(f"a live policy needs epsilon > 0 (every action keeps probability >= epsilon/K); "
+                               f"for example: bandit policy set {name} epsilon=0.05"
+                               + (f" arm={params.get('arm')}" if name == "fixed" else ""))
+        settings = {"name": name, "params": params}
+        self.live.prepare(settings)  # hybrid/vw: relearn the log once, here, and share it
+        with self.store.transaction():
+            if isinstance(policy, RidgeArms):
+                shift_lambda(self.store, policy.lam)
+            self.store.set_setting("policy", settings)
+        return PolicyInfo(name, params, policy_label(settings), policy.params())
+
+    @_one_error_family
+    def show_policy(self):
+        from bandit.policies.registry import make_policy, policy_label
+        from bandit.service.live import policy_settings
+        from bandit.service.records import PolicyInfo
+
+        self._ready()
+        settings = policy_settings(self.store)
+        policy = make_policy(settings["name"], settings.get("params"))
+        return PolicyInfo(settings["name"], settings.get("params", {}), policy_label(settings), policy.params())
+
+    # -- catalog -------------------------------------------------------------------------
+    @_one_error_family
+    def arms(self, include_retired: bool = True):
+        from bandit.service.catalog import list_arms
+        from bandit.service.records import Arm
+
+        self._ready()
+        return [Arm(**a) for a in list_arms(self.store) if include_retired or a["status"] == "active"]
+
+    @_one_error_family
+    def add_arm(self, name, operator, params=None, warm_start_from=None, shrink=0.1):
+        """A new arm, proposable at once (from the prior or a shrunk copy of a donor)."""
+        from bandit.service.catalog import add_arm
+        from bandit.service.records import Arm
+
+        self._ready()
+        params = dict(params or {})
+        add_arm(self.store, name, operator, params, warm_start_from, shrink)
+        return Arm(name, operator, params, "active", warm_start_from)
+
+    @_one_error_family
+    def retire_arm(self, name):
+        from bandit.service.catalog import retire_arm
+
+        retire_arm(self.store, name)
+        return next(a for a in self.arms() if a.name == name)
+
+    @_one_error_family
+    def add_task(self, name, probes=None):
+        from bandit.service.catalog import add_task
+        from bandit.service.records import Task
+
+        name, new, n_probes = add_task(self.store, name, probes)
+        return Task(name, new, n_probes)
+
+    @_one_error_family
+    def tasks(self):
+        from bandit.service.records import TaskRow
+
+        return [TaskRow(**t) for t in self.store.tasks()]
+
+    @_one_error_family
+    def add_model(self, name, path, base=None):
+        """Register (or re-register) a checkpoint folder under NAME (headers only, no torch)."""
+        from bandit.service.catalog import add_model
+        from bandit.service.records import Model
+
+        return Model(**add_model(self.store, name, path, base))
+
+    @_one_error_family
+    def models(self):
+        from bandit.service.records import ModelRow
+
+        return [ModelRow(**m) for m in self.store.models()]
+
+    @_one_error_family
+    def features(self, model_a, model_b, *, task=None, structural_only=False, device="auto", progress=False):
+        """Similarity features of the ordered pair, from the cache or computed and cached."""
+        from bandit.service.context import pair_features, task_probes
+        from bandit.service.records import Features
+
+        probes = None
+        if task is not None and not structural_only:
+            if self.store.task(task) is None:
+                raise NotFound(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+            probes = task_probes(self.store, task)
+        pf = pair_features(self.store, model_a, model_b, probes, structural_only=structural_only, device=device,
+                           progress=progress)
+        return Features(model_a, model_b, pf.cached, pf.features)
+
+    def arm_specs(self) -> dict:
+        """Every arm registered here as an ArmSpec (replay describes table arms by them)."""
+        from bandit.policies.base import ArmSpec
+
+        return {a["name"]: ArmSpec(a["name"], a["operator"], a["params"]) for a in self.store.arms()}
+
+    # -- derived views -------------------------------------------------------------------
+    @_one_error_family
+    def stats(self):
+        from bandit.service.stats import arm_stats
+
+        self._ready()
+        return arm_stats(self.store)
+
+    @_one_error_family
+    def rebuild(self, check: bool = False):
+        """Recompute every posterior from events + rewards; with check, compare and change nothing."""
+        from bandit.service.rebuild import rebuild
+
+        self._ready()
+        report = rebuild(self.store, check)
+        if not check and self._live is not None:
+            self._live.forget()
+        return report
+
+    @_one_error_family
+    def export(self, output: str, rewarded_only: bool = False, fmt: str = "jsonl", stream=None) -> int:
+        """Write the events as a decision log to `output` (atomically), or to `stream` when
+        output is "-". Returns how many events were written."""
+        from bandit.files import atomic_text_writer
+        from bandit.offline.decision_log import export_events
+
+        events = self.store.events(rewarded_only=rewarded_only)
+        if output == "-":
+            return export_events(events, stream, fmt)
+        with atomic_text_writer(output) as f:
+            return export_events(events, f, fmt)
+
+    @_one_error_family
+    def evaluate_logged(self, policies, source, *, seed=0, bootstrap=1000):
+        """Off-policy estimates of `policies` on a decision log file, or on this database's events."""
+        from bandit.offline.ope import evaluate_log_source
+
+        return evaluate_log_source(policies, source, None if source else self.store, seed=seed, bootstrap=bootstrap)

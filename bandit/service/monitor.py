@@ -57,7 +57,7 @@ def reward_curves(store) -> dict[str, Any]:
     pulls: dict[str, int] = {}
     fixed_curves: dict[str, list[float | None]] = {}
     n = 0
-    for r in store.rewarded_decisions(store.rewarded_event_ids()):
+    for r in store.rewarded_decisions_after(0):
         n += 1
         value, actions, p = r["value"], r["actions"], r["prob"]
         total += value

@@ -27,6 +27,10 @@ class RewardOutcome:
         self.pulls = pulls  # rewards the arm's posterior has learned from
         self.context = context  # the chosen action's context, as learned from
 
+    def to_dict(self) -> dict:
+        return {"event_id": self.event_id, "arm": self.arm, "reward": self.value, "duplicate": self.duplicate,
+                "pulls": self.pulls}
+
     def __repr__(self) -> str:
         return (f"RewardOutcome(event_id={self.event_id}, arm={self.arm!r}, value={self.value}, "
                 f"duplicate={self.duplicate}, pulls={self.pulls})")
@@ -48,7 +52,7 @@ def arm_prior(store, arm: str, lam: float) -> tuple[list[str], object, object]:
     return [], A, b
 
 
-def record_reward(store, event_id: int | str, value: float | str, update=ridge.update) -> RewardOutcome:
+def record_reward(store, event_id: int | str, value: float | str) -> RewardOutcome:
     """Store the reward of one event and update the chosen arm's posterior in one transaction.
 
     The same value twice is a no-op; a different second value, an unknown event or a value
@@ -69,11 +73,11 @@ def record_reward(store, event_id: int | str, value: float | str, update=ridge.u
             )
         store.insert_reward(event_id, value)
         context = chosen_context(event)
-        n, _ = apply_to_posterior(store, event["arm"], context, value, update)
+        n, _ = apply_to_posterior(store, event["arm"], context, value)
     return RewardOutcome(event_id, event["arm"], value, False, n, context)
 
 
-def apply_to_posterior(store, arm: str, context: dict[str, float], value: float, update=ridge.update) -> tuple[int, int]:
+def apply_to_posterior(store, arm: str, context: dict[str, float], value: float) -> tuple[int, int]:
     """A += xxᵀ, b += r·x on the stored posterior of `arm` (inside the caller's transaction)."""
     row = store.posterior(RIDGE, arm)
     if row is None:
@@ -84,6 +88,6 @@ def apply_to_posterior(store, arm: str, context: dict[str, float], value: float,
         lam, schema, n, version = row["lam"], row["schema"], row["n"], row["version"]
         A, b = ridge.load(row["A"]), ridge.load(row["b"])
     schema, A, b = ridge.extend(schema, A, b, lam, ridge.new_names(schema, context))
-    update(A, b, ridge.vector(schema, context), value)
+    ridge.update(A, b, ridge.vector(schema, context), value)
     store.put_posterior(RIDGE, arm, schema, lam, ridge.dump(A), ridge.dump(b), n + 1, version + 1)
     return n + 1, version + 1
