@@ -65,24 +65,6 @@ def window_counts(store: Store) -> dict[str, int]:
     }
 
 
-def recent_events(store: Store, limit: int = 20) -> list[dict]:
-    """The newest events with their reward, its source and the expiry: what a dashboard lists."""
-    return store._all(
-        "SELECT e.id, e.created_at, e.task, e.arm, e.model_a, e.model_b, e.prob, e.pmf, e.actions, "
-        "r.value AS reward, r.source AS reward_source, x.expired_at FROM events e "
-        "LEFT JOIN rewards r ON r.event_id = e.id LEFT JOIN expired_events x ON x.event_id = e.id "
-        "ORDER BY e.id DESC LIMIT ?",
-        (limit,),
-    )
-
-
-def reward_curve(store: Store) -> list[dict]:
-    """Every reward in the order recorded, with the arm of its event: the running-mean curve."""
-    return store._all(
-        "SELECT r.id, r.event_id, r.value, e.arm, e.prob FROM rewards r JOIN events e ON e.id = r.event_id ORDER BY r.id"
-    )
-
-
 def reward_state(store: Store, event_id: int) -> dict | None:
     """Whether the event exists, its reward and where it came from, and its expiry: one
     query on the reward's hot path."""

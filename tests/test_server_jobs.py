@@ -176,6 +176,15 @@ def test_dashboard_shows_arms_curve_events_pending_and_jobs(tmp_path):
     running = [sum(rewards[:k]) / k for k in range(1, len(rewards) + 1)]
     assert data["curves"]["policy"] == pytest.approx(running)
     assert data["pending"]["count"] == 3
+    # share over time: 20 slices of 2 events each; each slice's shares sum to 1
+    with Store(db) as st:
+        chosen = [e["arm"] for e in st.events()]
+    share = data["share"]
+    assert share["bins"] == 20 and share["edges"][-1] == 40
+    for arm, values in share["shares"].items():
+        assert values[3] == pytest.approx(chosen[6:8].count(arm) / 2)
+    assert all(sum(v[k] for v in share["shares"].values()) == pytest.approx(1.0) for k in range(20))
+    assert html.count('class="share-over-time"') == len(set(chosen))
     # SNIPS of uniform random over K actions: Σ w·r / Σ w with w = (1/K)/p over the log
     with Store(db) as st:
         ev = [st.event(r["event_id"]) for r in st.rewards_in_order()]

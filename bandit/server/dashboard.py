@@ -16,12 +16,13 @@ CURVE_POINTS = 400  # a curve over 100k rewards is drawn from this many points
 
 def collect(svc) -> dict[str, Any]:
     """Everything the page shows, from the facade (also served as JSON at /v1/dashboard)."""
-    from bandit.service.monitor import jobs_summary, pending, recent_events, reward_curves
+    from bandit.service.monitor import jobs_summary, pending, recent_events, reward_curves, share_over_time
 
     from bandit.render import payload
 
     return {
         "policy": payload(svc.show_policy()), "stats": payload(svc.stats()), "curves": reward_curves(svc.store),
+        "share": share_over_time(svc.store),
         "recent": recent_events(svc.store, 15), "pending": pending(svc.store, 15), "jobs": jobs_summary(svc.store, 10),
     }
 
@@ -97,6 +98,18 @@ def _share_bar(share: float) -> str:
     return f'<svg width="100" height="10"><rect width="{w:.1f}" height="10" fill="#1f77b4"/></svg>'
 
 
+def _share_sparkline(shares: list[float] | None, width: int = 120, height: int = 18) -> str:
+    """An arm's share of proposals over the log, left to right (0 at the bottom, 1 at the top)."""
+    if not shares:
+        return ""
+    n = len(shares)
+    pts = " ".join(f"{(width - 2) * (i / max(1, n - 1)) + 1:.1f},{height - 1 - (height - 2) * v:.1f}"
+                   for i, v in enumerate(shares))
+    return (f'<svg class="share-over-time" width="{width}" height="{height}"><rect width="{width}" '
+            f'height="{height}" fill="#f7f7f7"/><polyline fill="none" stroke="#1f77b4" stroke-width="1.5" '
+            f'points="{pts}"/></svg>')
+
+
 def render_page(data: dict[str, Any]) -> str:
     pol = data["policy"]
     rows = []
@@ -105,7 +118,8 @@ def render_page(data: dict[str, Any]) -> str:
         rows.append(
             f'<tr class="arm"><td>{_e(r["arm"])}{flag}</td><td>{_e(r["operator"])}</td><td>{r["proposals"]}</td>'
             f'<td>{r["pulls"]}</td><td>{_num(r["mean_reward"])}</td><td>{_num(r["posterior_mean"])}</td>'
-            f'<td>{r["share"]:.1%} {_share_bar(r["share"])}</td></tr>')
+            f'<td>{r["share"]:.1%} {_share_bar(r["share"])}</td>'
+            f'<td>{_share_sparkline(data["share"]["shares"].get(r["arm"]))}</td></tr>')
     recent = []
     for ev in data["recent"]:
         top = sorted(ev["pmf"], key=lambda a: -a["p"])[:4]
@@ -147,7 +161,7 @@ th {{ background: #f4f4f4; }} .muted {{ color: #888; }} h2 {{ margin-top: 28px; 
 {pend["default_rewards"]} default rewards · {pend["expired"]} expired · refreshes every {REFRESH_SECONDS} s</p>
 <h2>Arms</h2>
 <table id="arms"><thead><tr><th>arm</th><th>operator</th><th>proposals</th><th>pulls</th><th>mean reward</th>
-<th>posterior mean</th><th>share</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<th>posterior mean</th><th>share</th><th>share over time</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
 <h2>Running mean reward</h2>
 {curve_svg(curves)}
 <p class="muted">Fixed arms estimated from the log (SNIPS, with their pulls): {fixed or "–"}</p>

@@ -12,6 +12,7 @@ from bandit.errors import NotFound
 from bandit.inputs import parse_event_id
 from store import jobs as job_sql
 from store import join_window as sql
+from store import monitor as monitor_sql
 
 
 def event_view(store, event_id: int | str) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def event_view(store, event_id: int | str) -> dict[str, Any]:
 
 def recent_events(store, limit: int = 20) -> list[dict[str, Any]]:
     out = []
-    for r in sql.recent_events(store, limit):
+    for r in monitor_sql.recent_events(store, limit):
         pmf, actions = json.loads(r.pop("pmf")), json.loads(r.pop("actions"))
         r["pmf"] = [{"arm": a["arm"], "candidate": a.get("candidate", 0), "p": p} for a, p in zip(actions, pmf)]
         out.append(r)
@@ -90,6 +91,21 @@ def reward_curves(store) -> dict[str, Any]:
         "fixed_final": final,
         "fixed_pulls": pulls,
     }
+
+
+def share_over_time(store, bins: int = 20) -> dict[str, Any]:
+    """Each arm's share of the proposals in `bins` consecutive, equal slices of the log."""
+    arms = monitor_sql.chosen_arms(store)
+    if not arms:
+        return {"bins": 0, "edges": [], "shares": {}}
+    bins = min(bins, len(arms))
+    edges = [round(i * len(arms) / bins) for i in range(bins + 1)]
+    shares: dict[str, list[float]] = {a: [0.0] * bins for a in dict.fromkeys(arms)}
+    for k in range(bins):
+        chunk = arms[edges[k]:edges[k + 1]]
+        for a in chunk:
+            shares[a][k] += 1.0 / len(chunk)
+    return {"bins": bins, "edges": edges, "shares": shares}
 
 
 def jobs_summary(store, limit: int = 20) -> dict[str, Any]:
