@@ -214,3 +214,19 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path, args, words, monkeypatc
     r = CliRunner().invoke(main, ["serve", "--db", str(tmp_path / "s.db"), "--port", "1"] + args)
     assert r.exit_code == 1 and words in r.output, r.output
     assert r.output.count("\n") == 1 and r.output.startswith("error: ")
+
+
+def test_dashboard_curves_follow_new_rewards_incrementally(tmp_path):
+    from bandit.service.monitor import reward_curves
+
+    db = str(tmp_path / "s.db")
+    with TestClient(make_app(db)) as client:
+        for round_ in range(3):
+            for i in range(10):
+                p = client.post("/v1/propose", json={"task": "t", "context": {"a": i / 10}, "seed": 10 * round_ + i}).json()
+                client.post(f"/v1/events/{p['event_id']}/reward", json={"value": ((i + round_) % 5) / 4})
+            seen = client.get("/v1/dashboard").json()["curves"]
+            with Store(db) as st:
+                fresh = reward_curves(st)
+            assert seen["rewards"] == 10 * (round_ + 1)
+            assert seen == json.loads(json.dumps(fresh))

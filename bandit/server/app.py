@@ -27,6 +27,13 @@ class Runtime:
         if config.reward_window is not None:
             self.window = JoinWindow(config.reward_window, config.default_reward)
         self.service = ServiceThread(config.db)
+        # Reads that scan the log (stats, the dashboard, the export, counts) run on a second
+        # connection and thread: SQLite's WAL lets them read while proposes and rewards write,
+        # so a dashboard refresh never holds up the hot path.
+        self.reader = ServiceThread(config.db)
+        from bandit.service.monitor import RewardCurves
+
+        self.curves = RewardCurves()
         # Jobs a crashed server left running: their output never got renamed into place.
         failed = self.service.call_sync(lambda svc: fail_interrupted(svc.store))
         if failed:
@@ -53,6 +60,7 @@ class Runtime:
             if w.is_alive():
                 w.join(timeout=5)
         self.service.close()
+        self.reader.close()
 
     async def sweep_forever(self) -> None:
         from bandit.service.join_window import close_overdue

@@ -14,14 +14,14 @@ REFRESH_SECONDS = 5
 CURVE_POINTS = 400  # a curve over 100k rewards is drawn from this many points
 
 
-def collect(svc) -> dict[str, Any]:
+def collect(svc, curves=None) -> dict[str, Any]:
     """Everything the page shows, from the facade (also served as JSON at /v1/dashboard)."""
     from bandit.service.monitor import jobs_summary, pending, recent_events, reward_curves, share_over_time
 
     from bandit.render import payload
 
     return {
-        "policy": payload(svc.show_policy()), "stats": payload(svc.stats()), "curves": reward_curves(svc.store),
+        "policy": payload(svc.show_policy()), "stats": payload(svc.stats()), "curves": curves.update(svc.store) if curves is not None else reward_curves(svc.store),
         "share": share_over_time(svc.store),
         "recent": recent_events(svc.store, 15), "pending": pending(svc.store, 15), "jobs": jobs_summary(svc.store, 10),
     }
@@ -29,7 +29,8 @@ def collect(svc) -> dict[str, Any]:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard(request: Request) -> HTMLResponse:
-    data = await request.app.state.runtime.service.call(collect)
+    rt = request.app.state.runtime
+    data = await rt.reader.call(collect, rt.curves)
     return HTMLResponse(render_page(data))
 
 

@@ -91,7 +91,7 @@ async def export(request: Request, rewarded_only: bool = False):
         svc.export("-", rewarded_only=rewarded_only, stream=buf)
         return buf.getvalue()
 
-    text = await _rt(request).service.call(_export)
+    text = await _rt(request).reader.call(_export)
     return Response(text, media_type="application/x-ndjson")
 
 
@@ -127,7 +127,7 @@ async def policy_set(body: s.PolicySetRequest, request: Request):
 
 @router.get("/stats", response_model=list[s.ArmStats], responses=ERRORS, summary="Per-arm statistics")
 async def stats(request: Request):
-    return await _rt(request).service.call(lambda svc: payload(svc.stats()))
+    return await _rt(request).reader.call(lambda svc: payload(svc.stats()))
 
 
 @router.get("/rebuild", response_model=s.Rebuild, responses=ERRORS,
@@ -139,7 +139,7 @@ async def rebuild_check(request: Request):
 # -- catalog --------------------------------------------------------------------------------
 @router.get("/models", response_model=list[s.Model], responses=ERRORS, summary="Registered models")
 async def models_list(request: Request):
-    return await _rt(request).service.call(lambda svc: payload(svc.models()))
+    return await _rt(request).reader.call(lambda svc: payload(svc.models()))
 
 
 @router.post("/models", response_model=s.Model, status_code=201, responses=ERRORS,
@@ -150,7 +150,7 @@ async def models_add(body: s.ModelAddRequest, request: Request):
 
 @router.get("/tasks", response_model=list[s.Task], responses=ERRORS, summary="Tasks")
 async def tasks_list(request: Request):
-    return await _rt(request).service.call(lambda svc: payload(svc.tasks()))
+    return await _rt(request).reader.call(lambda svc: payload(svc.tasks()))
 
 
 @router.post("/tasks", response_model=s.TaskAdded, responses=ERRORS, summary="Add a task (or replace its probes)")
@@ -177,7 +177,7 @@ async def jobs_list(request: Request, kind: str | None = Query(None, pattern="^(
                     limit: int = Query(100, ge=1, le=1000)):
     from bandit.service.jobs import list_jobs
 
-    return await _rt(request).service.call(lambda svc: list_jobs(svc.store, kind, limit))
+    return await _rt(request).reader.call(lambda svc: list_jobs(svc.store, kind, limit))
 
 
 @router.get("/jobs/{job_id}", response_model=s.Job, responses=ERRORS, summary="One job")
@@ -239,11 +239,12 @@ async def health(request: Request):
             "reward_window": rt.window.describe() if rt.window else None, "device": rt.config.device,
         }
 
-    return await rt.service.call(_health)
+    return await rt.reader.call(_health)
 
 
 @router.get("/dashboard", responses=ERRORS, summary="Everything the dashboard shows, as JSON")
 async def dashboard_data(request: Request):
     from bandit.server.dashboard import collect
 
-    return await _rt(request).service.call(collect)
+    rt = _rt(request)
+    return await rt.reader.call(collect, rt.curves)

@@ -43,54 +43,74 @@ def pending(store, limit: int = 50) -> dict[str, Any]:
 MIN_PULLS_FOR_BEST = 3  # an arm seen once or twice with a lucky reward is no "best fixed arm"
 
 
-def reward_curves(store) -> dict[str, Any]:
+class RewardCurves:
     """Running means, one point per reward in recording order: the live policy's observed
     reward, and self-normalised IPS estimates (Σ w·r / Σ w, w = π(chosen)/p(chosen)) of each
     fixed arm and of uniform random over the offered actions. A fixed arm picks its arm on a
     uniformly chosen candidate pair. SNIPS rather than IPS: with ε/K floors of 0.006 a plain
-    IPS curve jumps by 1/p at each exploratory pull and makes a poor arm look best."""
-    observed: list[float] = []
-    total = 0.0
-    random_num = random_den = 0.0
-    random_curve: list[float] = []
-    num: dict[str, float] = {}
-    den: dict[str, float] = {}
-    pulls: dict[str, int] = {}
-    fixed_curves: dict[str, list[float | None]] = {}
-    n = 0
-    for r in store.rewarded_decisions_after(0):
-        n += 1
+    IPS curve jumps by 1/p at each exploratory pull and makes a poor arm look best.
+
+    Kept up to date incrementally: `update(store)` reads only the rewards recorded since the
+    last call, so a dashboard refreshing every few seconds costs what is new, not the log."""
+
+    def __init__(self):
+        self.last_reward_id = 0
+        self.n = 0
+        self.total = 0.0
+        self.observed: list[float] = []
+        self.random_num = self.random_den = 0.0
+        self.random_curve: list[float] = []
+        self.num: dict[str, float] = {}
+        self.den: dict[str, float] = {}
+        self.pulls: dict[str, int] = {}
+        self.fixed_curves: dict[str, list[float | None]] = {}
+
+    def update(self, store) -> dict[str, Any]:
+        for r in store.rewarded_decisions_after(self.last_reward_id):
+            self._learn(r)
+            self.last_reward_id = r["reward_id"]
+        return self.view()
+
+    def _learn(self, r: dict) -> None:
+        self.n += 1
         value, actions, p = r["value"], r["actions"], r["prob"]
-        total += value
-        observed.append(total / n)
+        self.total += value
+        self.observed.append(self.total / self.n)
         w = (1.0 / len(actions)) / p
-        random_num += w * value
-        random_den += w
-        random_curve.append(random_num / random_den)
+        self.random_num += w * value
+        self.random_den += w
+        self.random_curve.append(self.random_num / self.random_den)
         chosen = actions[r["chosen"]]["arm"]
         for a in actions:
-            if a["arm"] not in fixed_curves:
-                fixed_curves[a["arm"]] = [None] * (n - 1)
-                num[a["arm"]] = den[a["arm"]] = 0.0
-                pulls[a["arm"]] = 0
+            if a["arm"] not in self.fixed_curves:
+                self.fixed_curves[a["arm"]] = [None] * (self.n - 1)
+                self.num[a["arm"]] = self.den[a["arm"]] = 0.0
+                self.pulls[a["arm"]] = 0
         w = (1.0 / sum(1 for a in actions if a["arm"] == chosen)) / p
-        num[chosen] += w * value
-        den[chosen] += w
-        pulls[chosen] += 1
-        for a, curve in fixed_curves.items():
-            curve.append(num[a] / den[a] if den[a] > 0 else None)
-    final = {a: num[a] / den[a] for a in fixed_curves if den[a] > 0}
-    eligible = [a for a in final if pulls[a] >= MIN_PULLS_FOR_BEST] or list(final)
-    best = max(eligible, key=lambda a: final[a]) if eligible else None
-    return {
-        "rewards": n,
-        "policy": observed,
-        "random": random_curve,
-        "best_fixed_arm": best,
-        "best_fixed": fixed_curves[best] if best else [],
-        "fixed_final": final,
-        "fixed_pulls": pulls,
-    }
+        self.num[chosen] += w * value
+        self.den[chosen] += w
+        self.pulls[chosen] += 1
+        for a, curve in self.fixed_curves.items():
+            curve.append(self.num[a] / self.den[a] if self.den[a] > 0 else None)
+
+    def view(self) -> dict[str, Any]:
+        final = {a: self.num[a] / self.den[a] for a in self.fixed_curves if self.den[a] > 0}
+        eligible = [a for a in final if self.pulls[a] >= MIN_PULLS_FOR_BEST] or list(final)
+        best = max(eligible, key=lambda a: final[a]) if eligible else None
+        return {
+            "rewards": self.n,
+            "policy": self.observed,
+            "random": self.random_curve,
+            "best_fixed_arm": best,
+            "best_fixed": self.fixed_curves[best] if best else [],
+            "fixed_final": final,
+            "fixed_pulls": dict(self.pulls),
+        }
+
+
+def reward_curves(store) -> dict[str, Any]:
+    """The curves of the whole log, computed afresh (see RewardCurves)."""
+    return RewardCurves().update(store)
 
 
 def share_over_time(store, bins: int = 20) -> dict[str, Any]:
