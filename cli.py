@@ -373,12 +373,14 @@ def serve(host, port, token_file, device, reward_window, default_reward, expire,
 @click.option("--param", "-p", "params", multiple=True, metavar="K=V",
               help="Operator parameter; per-model values as a list: weight=0.7,0.3. Repeatable.")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
-              help="Recipe file (merge YAML layout or JSON) instead of --operator/--model.")
+              help="Recipe file (mergekit's YAML layout, several documents with named intermediates, or JSON) "
+                   "instead of --operator/--model.")
 @click.option("--event", "event_id", help="Run the merge that this proposal (event id) chose.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder (must not exist or be empty).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", default=None, help="Working dtype of the recipe [default: float32]; math is float32 or float64.")
-@click.option("--out-dtype", default=None, help="Output dtype [default: the base's].")
+@click.option("--dtype", default=None, help="Recipe dtype: the output dtype unless --out-dtype (as mergekit); "
+                                            "math is float32, float64 when float64 is named.")
+@click.option("--out-dtype", default=None, help="Output dtype [default: --dtype, else the base's].")
 @click.option("--shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 5GB or 500MB.")
 @click.option("--seed", default=None, help="Seed of random operators (dare_*, della), 0 to 2^63 - 1 [default: 0].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE:FUNCTION",
@@ -396,6 +398,7 @@ def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, de
     from bandit import render
     from bandit.inputs import parse_params, parse_seed
     from merging.engine import run_merge
+    from merging.multi import run_recipe_file
     from merging.recipe import Recipe
     from merging.registry import load_plugin
 
@@ -416,15 +419,16 @@ def merge_cmd(operator, base, models, params, recipe_file, event_id, out_dir, de
         raise click.UsageError("give --operator and at least one --model, or --recipe FILE")
     for ref in plugins:
         load_plugin(ref)
+    engine_options = dict(device=device, shard_size=shard_size, progress=False if as_json else None,
+                          allow_vocab_mismatch=allow_vocab_mismatch)
     if recipe_file:
-        recipe = Recipe.load(recipe_file)
+        # One document or several (named intermediates, then the final merge).
         overrides = {k: v for k, v in (("dtype", dtype), ("out_dtype", out_dtype), ("seed", seed)) if v is not None}
-        recipe = Recipe.from_dict({**recipe.to_dict(), **overrides}).validate()
+        result = run_recipe_file(recipe_file, out_dir, overrides=overrides, **engine_options)
     else:
         recipe = Recipe.from_arm(operator, parse_params(params), list(models), base,
-                                 dtype=dtype or "float32", out_dtype=out_dtype, seed=seed or 0)
-    result = run_merge(recipe, out_dir, device=device, shard_size=shard_size,
-                       progress=False if as_json else None, allow_vocab_mismatch=allow_vocab_mismatch)
+                                 dtype=dtype, out_dtype=out_dtype, seed=seed or 0)
+        result = run_merge(recipe, out_dir, **engine_options)
     emit_json(result) if as_json else click.echo(render.merge_result(result))
 
 

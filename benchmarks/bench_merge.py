@@ -2,12 +2,18 @@
 the `mergekit` toolkit on the same YAML recipe.
 
     python benchmarks/bench_merge.py [--work DIR] [--sizes 220M,90M] [--mergekit PATH/TO/mergekit-yaml]
+                                     [--root OTHER/CHECKOUT]
 
 For each model size it makes a bf16 Llama base and three fine-tunes (sharded), measures
 the I/O floor (reading every input once and writing the output once), then times
 `linear` and `ties` merges of the three on CPU, each in a fresh process so its peak RSS
 is its own. With mergekit it runs the same recipe through `mergekit-yaml`, prints our
 time and RSS as ratios to it, and compares the two outputs tensor by tensor.
+
+Times are given as wall time and as CPU time (user + system, all threads): on a shared
+machine the wall time also counts waiting for a core, the CPU time much less so, so the
+ratio to the floor is printed for both. --root measures the `merging` package of another
+checkout (e.g. an older commit) with the same checkpoints and floor.
 
 Not a test: it takes minutes and a few GB of disk. Figures depend on what else runs.
 """
@@ -63,11 +69,13 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("*.safetensors"))
 
 
-def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
-    """Read every input's weight files once and write out_bytes once, in 64 MB blocks."""
+def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> tuple[float, float]:
+    """Read every input's weight files once and write out_bytes once, in 64 MB blocks.
+    Returns (wall seconds, CPU seconds)."""
     block = bytearray(64 << 20)
     view = memoryview(block)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     for folder in inputs:
         for f in sorted(folder.glob("*.safetensors")):
             with open(f, "rb", buffering=0) as fh:
@@ -80,8 +88,9 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
             fh.write(view[:n])
             left -= n
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     scratch.unlink()
-    return seconds
+    return seconds, cpu
 
 
 def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, float, str]:
@@ -101,14 +110,15 @@ def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float, floa
 
 
 OUR_CHILD = """
-import sys, json
+import sys, json, time
 import torch  # started before run_merge's clock: its seconds are the merge alone
 sys.path.insert(0, {root!r})
 from merging.recipe import Recipe
 from merging.engine import run_merge
 recipe = Recipe.load({recipe!r})
+cpu = time.process_time()
 result = run_merge(recipe, {out!r}, device="cpu", progress=False)
-print(json.dumps(result.to_dict()))
+print(json.dumps({{**result.to_dict(), "cpu_seconds": time.process_time() - cpu}}))
 """
 
 
@@ -177,8 +187,9 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="Folder for the checkpoints (kept between runs).")
     ap.add_argument("--sizes", default="220M,117M", help=f"Comma-separated, from {', '.join(SIZES)}.")
     ap.add_argument("--ops", default="linear,ties")
-    ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/work/venv-mergekit/bin/mergekit-yaml",
+    ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/tmp/mk/bin/mergekit-yaml",
                     help="mergekit-yaml executable (skipped when missing).")
+    ap.add_argument("--root", default=str(ROOT), help="Checkout whose merging package is measured.")
     ap.add_argument("--no-tie-order-check", dest="tie_order_check", action="store_false",
                     help="Skip re-running TIES with a full sort's tie order (slow: sorts every tensor).")
     args = ap.parse_args()
@@ -197,19 +208,23 @@ def main() -> None:
         print(f"\n== {size}: ~{params / 1e6:.0f}M parameters, {ft_bytes / 1e6:.0f} MB per checkpoint (bf16, sharded)")
         for op in args.ops.split(","):
             inputs = [models["ft1"], models["ft2"], models["ft3"]] + ([models["base"]] if op != "linear" else [])
-            floor = min(io_floor(inputs, ft_bytes, work / "floor.bin") for _ in range(2))
+            floors = [io_floor(inputs, ft_bytes, work / "floor.bin") for _ in range(2)]
+            floor, floor_cpu = min(f[0] for f in floors), min(f[1] for f in floors)
             recipe = work / size / f"{op}.yml"
             recipe.write_text(recipe_yaml(op, models))
             ours_out = work / size / f"ours-{op}"
             shutil.rmtree(ours_out, ignore_errors=True)
-            child = OUR_CHILD.format(root=str(ROOT), recipe=str(recipe), out=str(ours_out))
+            child = OUR_CHILD.format(root=str(Path(args.root).resolve()), recipe=str(recipe), out=str(ours_out))
             t_ours, cpu_ours, rss_ours, stdout = measure([sys.executable, "-c", child])
             # The merge itself, without the interpreter and torch starting up.
-            t_merge = json.loads(stdout)["seconds"]
-            row = {"size": size, "op": op, "floor_s": floor, "ours_s": t_ours, "ours_cpu_s": cpu_ours,
-                   "ours_merge_s": t_merge, "ours_rss_mb": rss_ours}
-            line = (f"{op:7s} I/O floor {floor:5.2f} s | ours {t_ours:6.2f} s wall ({cpu_ours:6.2f} s CPU), "
-                    f"{t_merge:6.2f} s in run_merge = {t_merge / floor:5.2f}x floor, peak RSS {rss_ours:5.0f} MB")
+            report = json.loads(stdout)
+            t_merge, cpu_merge = report["seconds"], report["cpu_seconds"]
+            row = {"size": size, "op": op, "floor_s": floor, "floor_cpu_s": floor_cpu, "ours_s": t_ours,
+                   "ours_cpu_s": cpu_ours, "ours_merge_s": t_merge, "ours_merge_cpu_s": cpu_merge,
+                   "ours_rss_mb": rss_ours}
+            line = (f"{op:7s} I/O floor {floor:5.2f} s wall ({floor_cpu:5.2f} s CPU) | ours {t_ours:6.2f} s wall "
+                    f"({cpu_ours:6.2f} s CPU), run_merge {t_merge:6.2f} s wall = {t_merge / floor:5.2f}x floor, "
+                    f"{cpu_merge:6.2f} s CPU = {cpu_merge / floor_cpu:5.2f}x floor CPU, peak RSS {rss_ours:5.0f} MB")
             if have_mergekit:
                 theirs_out = work / size / f"mergekit-{op}"
                 shutil.rmtree(theirs_out, ignore_errors=True)

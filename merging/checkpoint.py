@@ -1,11 +1,13 @@
 """Read Hugging Face checkpoint folders (config.json + safetensors, sharded or not).
 
-Headers are parsed here in plain Python, so listing tensors, checking shapes and
-fingerprinting a checkpoint never imports torch; tensors themselves are loaded lazily,
-one at a time, through safetensors' own reader.
+Headers are parsed and checked here in plain Python (as strictly as the safetensors
+library: whole-number, in-file, non-overlapping offsets), so listing tensors, checking
+shapes and fingerprinting a checkpoint never imports torch; tensors themselves are loaded
+lazily, one at a time, with positioned reads at the offsets the header gave.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from merging.dtypes import DTYPE_BYTES, torch_dtype
 from merging.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -21,26 +24,6 @@ FINGERPRINT_SAMPLES = 4
 FINGERPRINT_SAMPLE_BYTES = 64 * 1024
 # A safetensors header is JSON; anything past this is certainly not one.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-DTYPE_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-}
-
-
-# safetensors dtype -> torch dtype attribute name
-_TORCH_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
-    "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-}
-
-
-def _torch_dtype(st_dtype: str):
-    import torch
-
-    return getattr(torch, _TORCH_DTYPES[st_dtype])
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -84,19 +67,33 @@ def read_header(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: corrupt safetensors header")
     metadata = header.pop("__metadata__", None) or {}
     data_size = size - 8 - n
+    spans = []
     for name, info in header.items():
         try:
             begin, end = info["data_offsets"]
             nbytes = DTYPE_BYTES[info["dtype"]]
+            shape = info["shape"]
+            # Whole numbers only: "12" or 1.5 would be read as something else by another
+            # reader, so they are refused as the safetensors library refuses them.
+            if not all(type(x) is int for x in (begin, end, *shape)):
+                raise TypeError
             numel = 1
-            for s in info["shape"]:
-                numel *= int(s)
+            for s in shape:
+                numel *= s
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r}") from None
+        if begin < 0 or end < begin or any(s < 0 for s in shape):
+            raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r} (negative offsets or shape)")
         if end > data_size:
             raise CheckpointError(f"{path}: truncated (tensor {name!r} ends past the end of the file)")
         if end - begin != numel * nbytes:
             raise CheckpointError(f"{path}: corrupt safetensors entry for {name!r} (size does not match shape)")
+        spans.append((begin, end, name))
+    # Tensors may not share bytes: the safetensors library refuses overlapping entries.
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: corrupt safetensors header (tensors {n0!r} and {n1!r} overlap)")
     return header, metadata
 
 
@@ -105,6 +102,13 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        try:
+            os.stat(self.path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CheckpointError(f"{self.path}: a symlink loop, not a folder") from None
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise CheckpointError(f"{self.path}: cannot open ({e.strerror or e})") from None
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such folder")
         if not self.path.is_dir():
@@ -142,9 +146,14 @@ class Checkpoint:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
                 raise CheckpointError(f"{index}: corrupt index (no weight_map)") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{index}: corrupt index (weight_map must map names to file names)")
             self._index_map = dict(weight_map)
             files = sorted(set(weight_map.values()))
             for f in files:
+                # Shards live in the folder itself: no separators, no '..', nothing absolute.
+                if f in ("", ".", "..") or "/" in f or "\\" in f or os.path.isabs(f):
+                    raise CheckpointError(f"{index}: shard {f!r} is outside the model folder")
                 if not (self.path / f).is_file():
                     raise CheckpointError(f"{self.path}: shard {f} named in the index is missing")
             return files
@@ -223,7 +232,7 @@ class Checkpoint:
                 done += n
         except OSError as e:
             raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e.strerror or e})") from None
-        t = buffer.view(_torch_dtype(info.dtype)).reshape(info.shape)
+        t = buffer.view(torch_dtype(info.dtype)).reshape(info.shape)
         return t if str(device) == "cpu" else t.to(device, non_blocking=True)
 
     def _file_handle(self, file: str) -> tuple[int, int]:

@@ -1,58 +1,59 @@
 """The streaming merge engine: reads, schedules, moves to the device and writes.
 
-It never knows which operator runs: it checks the inputs, walks the tensors one at a time
-(a background thread reads tensor i+1 while tensor i is merged, another writes tensor
-i-1), hands each tensor's inputs to the operator and streams the result into safetensors
-shards. Output is built in a temporary sibling folder and renamed into place only when
-complete, so an interrupted merge never leaves a folder that looks finished.
+It never knows which operator runs: it checks the inputs, walks the output tensors one at
+a time (a background thread reads tensor i+1 while tensor i is merged, another writes
+tensor i-1), hands each tensor's inputs and its parameters (gradients and filters
+evaluated for that tensor) to the operator and streams the result into safetensors
+shards. Slices map output layers to layer ranges of the inputs; each output tensor still
+reads exactly one tensor of each of its inputs.
+
+Output is built in a hidden sibling folder `.NAME.partial-XXXX` (its lock file held for
+the merge's lifetime), fsynced, and renamed into place only when complete, so an
+interrupted merge never leaves a folder that looks finished; partial folders of an
+earlier interrupted merge of the same output are removed by the next run.
 """
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import sys
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from merging.architecture import EMBEDDING_SUFFIXES, LM_HEAD, VOCAB_SUFFIXES, check_same_architecture
 from merging.checkpoint import Checkpoint
+from merging.dtypes import FLOAT_SAFETENSORS, SAFETENSORS, safetensors_dtype, torch_dtype
 from merging.errors import MergeError
-from merging.recipe import Recipe, ResolvedRecipe
+from merging.output import (RECIPE_JSON, RECIPE_YAML, PartialFolder, write_side_files)
+from merging.recipe import InputGroup, Recipe, ResolvedRecipe
 from merging.registry import OperatorParams, load_plugin
 from merging.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
+
+__all__ = ["run_merge", "plan_merge", "MergeResult", "MergePlan", "TensorJob", "RECIPE_JSON", "RECIPE_YAML"]
 
 DEFAULT_SHARD_SIZE = "5GB"
 # The next tensor is read while the current one merges only when its inputs (in the
 # working dtype) fit in this; the few huge ones (embeddings, lm_head) are read in turn,
 # so peak memory is set by one of them, not two.
 READ_AHEAD_BYTES = 256 * 1024 * 1024
-RECIPE_JSON = "merge_recipe.json"
-RECIPE_YAML = "merge_recipe.yaml"
-LM_HEAD = "lm_head.weight"
-EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
-# Tensors whose first dimension is the vocabulary: the only ones --allow-vocab-mismatch cuts.
-VOCAB_SUFFIXES = EMBEDDING_SUFFIXES + (LM_HEAD, "embed_out.weight")
-# Copied from the config source next to the weights.
-SIDE_FILES = (
-    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json",
-    "chat_template.jinja", "chat_template.json",
-)
-FLOAT_ST = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-_ST_OF = {v: k for k, v in FLOAT_ST.items()}
+# A transformer block's tensors: PREFIX.N.REST (model.layers.3.mlp..., transformer.h.3...).
+LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|layer|blocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
 @dataclass(frozen=True)
 class TensorJob:
-    """One output tensor: what to read from each input and what to write."""
+    """One output tensor: what to read from which input, with which parameters."""
 
     name: str
-    sources: tuple[str, ...]  # the name read from each input (lm_head may come from tied embeddings)
+    reads: tuple[tuple[int, str], ...]  # (index into plan.inputs, tensor name); the base first when used
+    has_base: bool
+    params: Mapping[str, Any]
     shape: tuple[int, ...]
     rows: int | None          # inputs cut to their first `rows` rows (vocab mismatch)
     st_dtype: str             # output dtype, safetensors spelling
@@ -76,11 +77,15 @@ class MergeResult:
 @dataclass(frozen=True)
 class MergePlan:
     resolved: ResolvedRecipe
-    inputs: list[Checkpoint]       # base first when the operator uses it, then the models
-    uses_base: bool
+    inputs: list[Checkpoint]       # every checkpoint read, each once
     config_source: Checkpoint
     jobs: list[TensorJob]
     vocab_rows: int | None         # set when --allow-vocab-mismatch cut the vocabulary
+    layers: int | None             # output layer count when slices changed it
+
+    @property
+    def uses_base(self) -> bool:
+        return any(j.has_base for j in self.jobs)
 
 
 def _embedding_name(ckpt: Checkpoint) -> str | None:
@@ -90,89 +95,187 @@ def _embedding_name(ckpt: Checkpoint) -> str | None:
     return None
 
 
-def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePlan:
-    """Everything checked before any work: the recipe against the registry, every input
-    folder and safetensors header, tensor names and shapes across inputs. Opens no tensor."""
-    resolved = recipe.resolve()
-    spec = resolved.spec
-    uses_base = resolved.base is not None and spec.base != "unused"
-    opened: dict[str, Checkpoint] = {}
+def layer_count(ckpt: Checkpoint) -> int:
+    """Transformer blocks in a checkpoint: the config's count, else 1 + the highest index."""
+    for key in LAYER_COUNT_KEYS:
+        value = ckpt.config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    indices = [int(m["index"]) for m in map(LAYER_NAME.match, ckpt.tensors) if m]
+    return max(indices) + 1 if indices else 0
 
-    def open_checkpoint(path: str) -> Checkpoint:
+
+def layer_position(index: int, count: int) -> float:
+    """t for gradients: 0 at the first layer, 1 at the last (1 for a single layer)."""
+    return index / (count - 1) if count > 1 else 1.0
+
+
+class _Planner:
+    def __init__(self, recipe: Recipe, allow_vocab_mismatch: bool):
+        self.recipe = recipe
+        self.resolved = recipe.resolve()
+        self.spec = self.resolved.spec
+        self.allow_vocab_mismatch = allow_vocab_mismatch
+        self.inputs: list[Checkpoint] = []
+        self._index: dict[str, int] = {}
+        self.vocab_rows: int | None = None
+        self.jobs: list[TensorJob] = []
+
+    def open(self, path: str) -> int:
         key = os.path.realpath(path)
-        if key not in opened:
-            opened[key] = Checkpoint(path)
-        return opened[key]
+        if key not in self._index:
+            self._index[key] = len(self.inputs)
+            self.inputs.append(Checkpoint(path))
+        return self._index[key]
 
-    models = [open_checkpoint(p) for p in resolved.models]
-    base = open_checkpoint(resolved.base) if resolved.base is not None else None
-    inputs = ([base] if uses_base else []) + models
-    config_source = base if base is not None else models[0]
-    reference = inputs[0]
-    out_ties = config_source.tie_word_embeddings
+    def members(self, group: InputGroup) -> list[int]:
+        """Indices of a group's checkpoints: the base first when the operator uses it."""
+        return ([self.open(group.base)] if group.base is not None else []) + [self.open(m) for m in group.models]
 
-    # Names: every input holds the reference's tensors; lm_head may be absent where tied.
-    ref_names = [n for n in sorted(reference.tensors, key=lambda n: (reference.tensors[n].file, reference.tensors[n].offset))
-                 if n != LM_HEAD]
-    wanted = set(ref_names)
-    for ckpt in inputs[1:]:
-        names = set(ckpt.tensors) - {LM_HEAD}
-        missing = sorted(wanted - names)
-        if missing:
-            raise MergeError(f"{ckpt.path} has no tensor {missing[0]!r} (present in {reference.path})")
-        extra = sorted(names - wanted)
-        if extra:
-            raise MergeError(f"{ckpt.path} has tensor {extra[0]!r}, which {reference.path} lacks")
-    sources_of = {n: tuple(n for _ in inputs) for n in ref_names}
-    out_names = list(ref_names)
-    if not out_ties:
-        lm_sources = []
-        for ckpt in inputs:
-            if LM_HEAD in ckpt.tensors:
-                lm_sources.append(LM_HEAD)
-            elif ckpt.tie_word_embeddings and _embedding_name(ckpt) is not None:
-                lm_sources.append(_embedding_name(ckpt))
-            else:
-                lm_sources = None
-                if any(LM_HEAD in c.tensors for c in inputs):
-                    raise MergeError(f"{ckpt.path} has no {LM_HEAD} and its config does not tie word embeddings")
-                break
-        if lm_sources is not None:
-            sources_of[LM_HEAD] = tuple(lm_sources)
-            out_names.append(LM_HEAD)
+    def params(self, group: InputGroup, model_names: Sequence[str], t: float, name: str):
+        if not self.resolved.varies and group is self.resolved.groups[0]:
+            return self.resolved.params
+        return self.resolved.params_for(group, model_names, t, name)
 
-    jobs = []
-    vocab_rows = None
-    for name in out_names:
-        sources = sources_of[name]
-        infos = [ckpt.tensors[src] for ckpt, src in zip(inputs, sources)]
+    def add(self, name: str, group: InputGroup, members: list[int], sources: Sequence[str], t: float) -> None:
+        ckpts = [self.inputs[i] for i in members]
+        infos = [ck.tensors[src] for ck, src in zip(ckpts, sources)]
         shapes = [i.shape for i in infos]
         rows = None
         if len(set(shapes)) > 1:
             same_tail = len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
-            if allow_vocab_mismatch and same_tail and name.endswith(VOCAB_SUFFIXES) and shapes[0]:
+            if self.allow_vocab_mismatch and same_tail and name.endswith(VOCAB_SUFFIXES) and shapes[0]:
                 rows = min(s[0] for s in shapes)
-                vocab_rows = rows
+                self.vocab_rows = rows
             else:
                 k = next(i for i, s in enumerate(shapes) if s != shapes[0])
                 hint = " (--allow-vocab-mismatch merges embeddings over the common rows)" if name.endswith(VOCAB_SUFFIXES) else ""
-                raise MergeError(f"tensor {name!r} is {list(shapes[0])} in {inputs[0].path} but {list(shapes[k])} in {inputs[k].path}{hint}")
-        ref_dtype = infos[0].dtype
-        floating = ref_dtype in FLOAT_ST
+                raise MergeError(f"tensor {sources[k]!r} is {list(shapes[k])} in {ckpts[k].path} but "
+                                 f"{list(shapes[0])} ({sources[0]!r}) in {ckpts[0].path}{hint}")
+        floating = {i.dtype in FLOAT_SAFETENSORS for i in infos}
+        if len(floating) > 1:
+            raise MergeError(f"tensor {name!r} is floating point in some inputs but not in others")
+        floating = floating.pop()
+        has_base = group.base is not None
+        model_names = list(sources[1:] if has_base else sources)
+        params = self.params(group, model_names, t, name) if floating else {}
         if floating:
-            out_dtype = _ST_OF[resolved_out_dtype(recipe, ref_dtype)]
+            out_dtype = safetensors_dtype(self.recipe.out_dtype or self.recipe.dtype or SAFETENSORS[infos[0].dtype][0])
         else:
-            out_dtype = ref_dtype
+            out_dtype = infos[0].dtype
         shape = (rows,) + tuple(shapes[0][1:]) if rows is not None else tuple(shapes[0])
-        jobs.append(TensorJob(name, sources, shape, rows, out_dtype, floating))
-    if not jobs:
-        raise MergeError(f"{reference.path}: no tensors to merge")
-    return MergePlan(resolved, inputs, uses_base, config_source, jobs, vocab_rows)
+        self.jobs.append(TensorJob(name, tuple(zip(members, sources)), has_base, params, shape, rows, out_dtype, floating))
+
+    def lm_head_sources(self, members: list[int], out_ties: bool) -> list[str] | None:
+        """Where each input's lm_head comes from (its tied embeddings if it has none), or
+        None when the output ties it and so writes none."""
+        if out_ties:
+            return None
+        sources = []
+        for i in members:
+            ckpt = self.inputs[i]
+            if LM_HEAD in ckpt.tensors:
+                sources.append(LM_HEAD)
+            elif ckpt.tie_word_embeddings and _embedding_name(ckpt) is not None:
+                sources.append(_embedding_name(ckpt))
+            else:
+                if any(LM_HEAD in self.inputs[j].tensors for j in members):
+                    raise MergeError(f"{ckpt.path} has no {LM_HEAD} and its config does not tie word embeddings")
+                return None
+        return sources
+
+    # -- whole models --------------------------------------------------------------------
+    def plan_models(self) -> None:
+        group = self.resolved.groups[0]
+        members = self.members(group)
+        reference = self.inputs[members[0]]
+        config_source = self.inputs[self.open(self.resolved.config_source)]
+        check_same_architecture(reference, [self.inputs[i] for i in members[1:]],
+                                vocab_rows_may_differ=self.allow_vocab_mismatch)
+        count = layer_count(reference)
+        names = [n for n in sorted(reference.tensors, key=lambda n: (reference.tensors[n].file, reference.tensors[n].offset))
+                 if n != LM_HEAD]
+        for name in names:
+            m = LAYER_NAME.match(name)
+            t = layer_position(int(m["index"]), count) if m else 0.0
+            self.add(name, group, members, [name] * len(members), t)
+        lm = self.lm_head_sources(members, config_source.tie_word_embeddings)
+        if lm is not None:
+            self.add(LM_HEAD, group, members, lm, 0.0)
+
+    # -- slices --------------------------------------------------------------------------
+    def plan_slices(self) -> int:
+        groups = self.resolved.groups
+        config_source = self.inputs[self.open(self.resolved.config_source)]
+        first, last = self.members(groups[0]), self.members(groups[-1])
+        reference = self.inputs[first[0]]
+        layer_names = [m for m in map(LAYER_NAME.match, reference.tensors) if m]
+        if not layer_names:
+            raise MergeError(f"{reference.path}: no layer tensors (model.layers.N...) to slice")
+        prefix = layer_names[0]["prefix"]
+        # Tensors outside the layers: embeddings from the first slice's inputs, the rest
+        # (final norm, lm_head) from the last slice's, as the merge toolkits do.
+        outside = [n for n in reference.tensors if not LAYER_NAME.match(n) and n != LM_HEAD]
+        pre = [n for n in outside if n.endswith(EMBEDDING_SUFFIXES)]
+        post = [n for n in outside if not n.endswith(EMBEDDING_SUFFIXES)]
+        for name in pre:
+            self._check_present(name, first)
+            self.add(name, groups[0], first, [name] * len(first), 0.0)
+        out_layer = 0
+        for group in groups:
+            members = self.members(group)
+            ranges = ([group.base_range] if group.base is not None else []) + list(group.ranges)
+            for i, (start, stop) in zip(members, ranges):
+                have = layer_count(self.inputs[i])
+                if stop > have:
+                    raise MergeError(f"layer_range [{start}, {stop}) of {self.inputs[i].path}: it has {have} layers")
+            length = ranges[0][1] - ranges[0][0]
+            # The block's tensor names, from the first input's first layer of this slice.
+            lead = self.inputs[members[0]]
+            rests = [m["rest"] for m in map(LAYER_NAME.match, lead.tensors)
+                     if m and m["prefix"] == prefix and int(m["index"]) == ranges[0][0]]
+            for offset in range(length):
+                t = layer_position(offset, length)
+                for rest in rests:
+                    sources = [f"{prefix}.{r[0] + offset}.{rest}" for r in ranges]
+                    for i, src in zip(members, sources):
+                        if src not in self.inputs[i].tensors:
+                            raise MergeError(f"{self.inputs[i].path} has no tensor {src!r}")
+                    self.add(f"{prefix}.{out_layer}.{rest}", group, members, sources, t)
+                out_layer += 1
+        for name in post:
+            self._check_present(name, last)
+            self.add(name, groups[-1], last, [name] * len(last), 0.0)
+        lm = self.lm_head_sources(last, config_source.tie_word_embeddings)
+        if lm is not None:
+            self.add(LM_HEAD, groups[-1], last, lm, 0.0)
+        return out_layer
+
+    def _check_present(self, name: str, members: list[int]) -> None:
+        for i in members:
+            if name not in self.inputs[i].tensors:
+                raise MergeError(f"{self.inputs[i].path} has no tensor {name!r}")
 
 
-def resolved_out_dtype(recipe: Recipe, reference_st_dtype: str) -> str:
-    """--out-dtype when given, else the reference (base) tensor's own dtype."""
-    return recipe.out_dtype or FLOAT_ST[reference_st_dtype]
+def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePlan:
+    """Everything checked before any work: the recipe against the registry, every input
+    folder and safetensors header, tensor names and shapes across inputs, each tensor's
+    parameters. Opens no tensor."""
+    planner = _Planner(recipe, allow_vocab_mismatch)
+    layers = None
+    try:
+        if planner.resolved.sliced:
+            layers = planner.plan_slices()
+        else:
+            planner.plan_models()
+    except BaseException:
+        for ckpt in planner.inputs:
+            ckpt.close()
+        raise
+    if not planner.jobs:
+        raise MergeError(f"{planner.inputs[0].path}: no tensors to merge")
+    config_source = planner.inputs[planner.open(planner.resolved.config_source)]
+    return MergePlan(planner.resolved, planner.inputs, config_source, planner.jobs, planner.vocab_rows, layers)
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -186,13 +289,16 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto",
               shard_size: str | int = DEFAULT_SHARD_SIZE, progress: bool | None = None,
               allow_vocab_mismatch: bool = False, plugins: Sequence[str] = (),
-              overwrite: bool = False, on_tensor: Callable[[str], None] | None = None) -> MergeResult:
+              overwrite: bool = False, on_tensor: Callable[[str], None] | None = None,
+              provenance: Mapping[str, Any] | None = None) -> MergeResult:
     """Merge the recipe's models into out_dir (a Hugging Face folder).
 
     device: auto | cpu | cuda | cuda:N. shard_size: bytes or '5GB'. progress: a tqdm bar
     over tensors (None: only when stderr is a terminal). plugins: `module:function`
     operators to register first. on_tensor: called with each tensor's name after it is
-    merged (for callers that report progress their own way).
+    merged (for callers that report progress their own way). provenance: where the merge
+    came from, for the model card (e.g. {"event_id": 12, "policy": "linucb",
+    "predicted_reward": 0.61}).
     Raises MergeError (one line) for anything a user can cause; no output folder is left
     behind on any failure."""
     for ref in plugins:
@@ -202,33 +308,29 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
     plan = plan_merge(recipe, allow_vocab_mismatch=allow_vocab_mismatch)
-
-    import torch
-
-    from merging.device import resolve_device
-
-    dev = resolve_device(device)
-    compute = torch.float64 if recipe.dtype == "float64" else torch.float32
-    planned = [PlannedTensor(j.name, j.st_dtype, j.shape) for j in plan.jobs]
-    shards = plan_shards(planned, shard_bytes)
-
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir(parents=True)
-    except OSError as e:
-        raise MergeError(f"{out.parent}: cannot create the output folder ({e.strerror or e})") from None
-    writer = ShardWriter(tmp, shards)
-    try:
-        _stream(plan, writer, dev, compute, recipe.seed, progress, on_tensor)
-        writer.close()
-        _write_side_files(plan, recipe, tmp)
-        _move_into_place(tmp, out, overwrite)
-    except BaseException as e:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
+        import torch
+
+        from merging.device import resolve_device
+
+        dev = resolve_device(device)
+        compute = torch_dtype(recipe.compute_dtype)
+        planned = [PlannedTensor(j.name, j.st_dtype, j.shape) for j in plan.jobs]
+        shards = plan_shards(planned, shard_bytes)
+        try:
+            with PartialFolder(out) as tmp:
+                writer = ShardWriter(tmp.path, shards)
+                try:
+                    # mergekit's `dtype` is also what inputs are cast to before the math.
+                    input_dtype = torch_dtype(recipe.dtype) if recipe.dtype is not None else None
+                    _stream(plan, writer, dev, compute, recipe.seed, progress, on_tensor, input_dtype)
+                    writer.close()
+                    write_side_files(plan, recipe, tmp.path, provenance)
+                    tmp.commit(overwrite)
+                finally:
+                    writer.abort()
+        except OSError as e:
             raise MergeError(f"{out}: write failed ({e.strerror or e})") from None
-        raise
     finally:
         for ckpt in plan.inputs:
             ckpt.close()
@@ -237,24 +339,38 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
                        device=str(dev))
 
 
+def _exact_cast(source, target) -> bool:
+    """Does casting source to target keep every value? Then the cast can be skipped: the
+    math runs in float32/float64 anyway."""
+    import torch
+
+    if source == target:
+        return True
+    wider = {torch.float32: (torch.bfloat16, torch.float16), torch.float64: (torch.bfloat16, torch.float16, torch.float32)}
+    return source in wider.get(target, ())
+
+
 def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
-            progress: bool | None, on_tensor: Callable[[str], None] | None) -> None:
+            progress: bool | None, on_tensor: Callable[[str], None] | None, input_dtype=None) -> None:
     import torch
     from tqdm import tqdm
 
     spec = plan.resolved.spec
     fn = spec.function
-    params = plan.resolved.params
     jobs = plan.jobs
+    native = spec.native_inputs
 
     def load(job: TensorJob) -> list:
         tensors = []
-        for ckpt, src in zip(plan.inputs, job.sources):
-            t = ckpt.tensor(src)
+        for index, src in job.reads:
+            t = plan.inputs[index].tensor(src)
             if job.rows is not None:
                 t = t[: job.rows]
             if job.floating:
-                t = t.to(device=dev, dtype=compute)
+                if input_dtype is not None and not _exact_cast(t.dtype, input_dtype):
+                    t = t.to(dtype=input_dtype)
+                # A native-input operator converts slice by slice itself.
+                t = t.to(device=dev) if native else t.to(device=dev, dtype=compute)
             tensors.append(t)
             if not job.floating:
                 break  # copied from the first input only
@@ -264,9 +380,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
         numel = 1
         for s in job.shape:
             numel *= s
-        return numel * len(plan.inputs) * compute.itemsize
+        return numel * len(job.reads) * compute.itemsize
 
-    out_dtypes = {st: getattr(torch, name) for st, name in FLOAT_ST.items()}
     if progress is None:
         progress = sys.stderr.isatty()
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"merge ({spec.name})", disable=not progress,
@@ -282,15 +397,16 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                 if i + 1 < len(jobs) and input_bytes(jobs[i + 1]) <= READ_AHEAD_BYTES:
                     ahead = reader.submit(load, jobs[i + 1])
                 if job.floating:
-                    if plan.uses_base:
+                    if job.has_base:
                         base, models = tensors[0], tensors[1:]
                     else:
                         base, models = None, tensors
-                    merged = fn(base, models, OperatorParams(params, job.name, seed))
+                    out_dtype = torch_dtype(job.st_dtype)
+                    merged = fn(base, models, OperatorParams(job.params, job.name, seed, compute, out_dtype))
                     if not isinstance(merged, torch.Tensor) or tuple(merged.shape) != job.shape:
                         got = tuple(merged.shape) if isinstance(merged, torch.Tensor) else type(merged).__name__
                         raise MergeError(f"operator {spec.name} returned {got} for tensor {job.name!r}, expected {job.shape}")
-                    result = merged.to(dtype=out_dtypes[job.st_dtype]).cpu()
+                    result = merged.to(dtype=out_dtype).cpu()
                     # Drop this tensor's inputs now, not when the names are next rebound:
                     # the wait for the next tensor would otherwise hold both.
                     del base, models, merged
@@ -312,35 +428,3 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             for f in pending:
                 f.cancel()
             bar.close()
-
-
-def _write_side_files(plan: MergePlan, recipe: Recipe, folder: Path) -> None:
-    source = plan.config_source
-    config = dict(source.config)
-    if recipe.out_dtype is not None:
-        keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["dtype"]
-        for k in keys:
-            config[k] = recipe.out_dtype
-    if plan.vocab_rows is not None and "vocab_size" in config:
-        config["vocab_size"] = plan.vocab_rows
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    for name in SIDE_FILES:
-        src = source.path / name
-        if src.is_file():
-            shutil.copyfile(src, folder / name)
-    (folder / RECIPE_JSON).write_text(recipe.to_json() + "\n")
-    (folder / RECIPE_YAML).write_text(recipe.to_yaml())
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if any(out.iterdir()):
-            if not overwrite:
-                raise MergeError(f"{out}: appeared while merging; the merge is discarded")
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        out.rmdir()
-    tmp.rename(out)

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from merging.checkpoint import DTYPE_BYTES, INDEX_NAME, SINGLE_NAME
+from merging.checkpoint import INDEX_NAME, SINGLE_NAME
+from merging.dtypes import DTYPE_BYTES, ST_OF_TORCH
 from merging.errors import MergeError
-
-# torch dtype name -> safetensors dtype spelling
-ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
-             "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -113,7 +110,7 @@ class ShardWriter:
         index, planned = self._order[self._next]
         if planned.name != name:
             raise MergeError(f"writer: expected tensor {planned.name!r}, got {name!r}")
-        if tuple(tensor.shape) != planned.shape or ST_DTYPES.get(str(tensor.dtype).removeprefix("torch.")) != planned.dtype:
+        if tuple(tensor.shape) != planned.shape or ST_OF_TORCH.get(str(tensor.dtype).removeprefix("torch.")) != planned.dtype:
             raise MergeError(f"writer: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned {planned.shape} {planned.dtype}")
         if index != self._file_index:
             self._open(index)

@@ -137,10 +137,28 @@ class Store:
                 pass  # SQLite rolls back on its own when it cannot
 
     def _one(self, sql: str, params: tuple = ()) -> dict | None:
-        return self.conn.execute(sql, params).fetchone()
+        try:
+            return self.conn.execute(sql, params).fetchone()
+        except sqlite3.Error as e:
+            raise _explain(self.path, e) from None
 
     def _all(self, sql: str, params: tuple = ()) -> list[dict]:
-        return self.conn.execute(sql, params).fetchall()
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise _explain(self.path, e) from None
+
+    def _stream(self, sql: str, params: tuple | list = ()) -> Iterator[dict]:
+        """Rows one at a time; a failure while fetching is a StoreError like any other."""
+        cursor = self.conn.execute(sql, params)
+        while True:
+            try:
+                row = cursor.fetchone()
+            except sqlite3.Error as e:
+                raise _explain(self.path, e) from None
+            if row is None:
+                return
+            yield row
 
     # -- settings ------------------------------------------------------------------------
     def get_setting(self, key: str, default: Any = None) -> Any:
@@ -291,7 +309,7 @@ class Store:
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY e.id"
         )
-        for r in self.conn.execute(sql, params):
+        for r in self._stream(sql, params):
             yield self._decode_event(r)
 
     def event_for_reward(self, event_id: int) -> dict | None:
@@ -322,7 +340,7 @@ class Store:
             "SELECT r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions FROM rewards r "
             "JOIN events e ON e.id = r.event_id ORDER BY r.id"
         )
-        for r in self.conn.execute(sql):
+        for r in self._stream(sql):
             r["contexts"] = json.loads(r["contexts"])
             r["actions"] = json.loads(r["actions"])
             yield r
@@ -335,13 +353,18 @@ class Store:
             "SELECT r.id AS reward_id, r.event_id, r.value, e.arm, e.chosen, e.contexts, e.actions, e.prob "
             "FROM rewards r JOIN events e ON e.id = r.event_id WHERE r.id > ? ORDER BY r.id"
         )
-        for r in self.conn.execute(sql, (reward_id,)).fetchall():
+        for r in self._all(sql, (reward_id,)):
             r["contexts"] = json.loads(r["contexts"])
             r["actions"] = json.loads(r["actions"])
             yield r
 
     def last_reward_id(self) -> int:
         return self._one("SELECT coalesce(max(id), 0) AS n FROM rewards")["n"]
+
+    def rewarded_event(self, reward_id: int) -> int | None:
+        """The event that reward `reward_id` rewarded (None: no such reward)."""
+        r = self._one("SELECT event_id FROM rewards WHERE id = ?", (reward_id,))
+        return None if r is None else r["event_id"]
 
     def count_rewards_upto(self, reward_id: int) -> int:
         return self._one("SELECT count(*) AS n FROM rewards WHERE id <= ?", (reward_id,))["n"]

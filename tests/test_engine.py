@@ -221,9 +221,9 @@ def _drop_tensor(src: Path, dst: Path) -> Path:
     (lambda src, dst: dst, "no such folder"),
     (_truncate, "truncated"),
     (_corrupt_header, "corrupt safetensors header"),
-    (_drop_tensor, "has no tensor 'model.layers.1.mlp.up_proj.weight'"),
+    (_drop_tensor, "tensor 'model.layers.1.mlp.up_proj.weight' is in"),
     (lambda src, dst: make_llama(dst, seed=1, vocab=72, dtype=torch.bfloat16), "allow-vocab-mismatch"),
-    (lambda src, dst: make_llama(dst, seed=1, hidden=48, dtype=torch.bfloat16), "is [64, 32] in"),
+    (lambda src, dst: make_llama(dst, seed=1, hidden=48, dtype=torch.bfloat16), "has shape [64, 48] in"),
 ])
 def test_bad_inputs_fail_before_any_work(zoo, tmp_path, make_bad, message):
     bad = make_bad(zoo["base"], tmp_path / "bad")

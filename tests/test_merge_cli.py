@@ -59,6 +59,23 @@ def test_merge_from_yaml_recipe(zoo, tmp_path):
     assert written.operator == "slerp" and written.params == {"t": 0.25}
 
 
+def test_merge_multi_document_recipe_and_bad_key(zoo, tmp_path):
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text(
+        f"name: half\nmerge_method: linear\nmodels: [{{model: {zoo['ft1']}}}, {{model: {zoo['ft2']}}}]\n---\n"
+        f"merge_method: slerp\nbase_model: {zoo['base']}\nmodels: [{{model: half}}]\nparameters: {{t: 0.5}}\n")
+    r = invoke("merge", "--recipe", recipe, "--out", tmp_path / "m", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["operator"] == "slerp"
+    assert (tmp_path / "m" / "mergekit_config.yml").is_file() and (tmp_path / "m" / "README.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "multi.yaml"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"merge_method: linear\nmodels: [{{model: {zoo['ft1']}, paramters: {{weight: 1}}}}]\n")
+    r = invoke("merge", "--recipe", bad, "--out", tmp_path / "n")
+    assert r.exit_code == 1 and "unknown key 'paramters'" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "n").exists()
+
+
 def test_merge_recipe_seed_override(zoo, tmp_path):
     recipe = tmp_path / "r.json"
     recipe.write_text(Recipe.from_arm("dare_ties", {"density": 0.5}, [zoo["ft1"], zoo["ft2"]], zoo["base"]).to_json())

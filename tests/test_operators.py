@@ -130,9 +130,26 @@ def test_breadcrumbs_drops_top_gamma_keeps_next_density():
     # int(0.05 * 10) == 0: nothing dropped at the top.
     got = run("breadcrumbs", base, [base + tau], density=0.5, gamma=0.05)
     assert torch.allclose(got, base + T(10, -9, 8, 7, -6, 0, 0, 0, 0, 0))
-    # gamma + density > 1: everything below the dropped top is kept.
-    got = run("breadcrumbs", base, [base + tau], density=1.0, gamma=0.2)
+    # gamma + density > 1: the density wins (8 kept), so only the 2 largest... minus what
+    # the density needs: int(0.2*10)=2 at the top would leave 8, exactly density 0.8.
+    got = run("breadcrumbs", base, [base + tau], density=0.8, gamma=0.2)
     assert torch.allclose(got, base + T(0, 0, 8, 7, -6, 5, 4, 3, 2, 1))
+    # density 0.9 + gamma 0.2: 9 kept, so only the single largest is dropped (mergekit's rule).
+    got = run("breadcrumbs", base, [base + tau], density=0.9, gamma=0.2)
+    assert torch.allclose(got, base + T(0, -9, 8, 7, -6, 5, 4, 3, 2, 1))
+    # density 1 keeps every entry whatever gamma says.
+    got = run("breadcrumbs", base, [base + tau], density=1.0, gamma=0.2)
+    assert torch.allclose(got, base + tau)
+    # rescale: the kept entries scaled to the full delta's L1 norm (55 / 35).
+    got = run("breadcrumbs", base, [base + tau], density=0.5, gamma=0.1, rescale=True)
+    assert torch.allclose(got, base + T(0, -9, 8, 7, -6, 5, 0, 0, 0, 0) * (55 / 35))
+
+
+def test_breadcrumbs_gamma_per_model():
+    base = torch.zeros(4)
+    got = run("breadcrumbs", base, [T(4, 3, 2, 1), T(4, 3, 2, 1)], density=0.5, gamma=[0.25, 0.0])
+    # model 1 drops its top (4) and keeps 3, 2; model 2 drops nothing and keeps 4, 3
+    assert torch.allclose(got, T(0, 3, 2, 0) + T(4, 3, 0, 0))
 
 
 def test_breadcrumbs_ties_elects_signs_after_masking():
@@ -140,7 +157,10 @@ def test_breadcrumbs_ties_elects_signs_after_masking():
     m1, m2 = T(100, 3, -2, 1), T(-100, -1, -4, 2)
     # gamma 0.25 drops each model's largest entry (the +-100), density 0.5 keeps the next two.
     got = run("breadcrumbs_ties", base, [m1, m2], density=0.5, gamma=0.25)
-    # kept: m1 [0, 3, -2, 0], m2 [0, 0, -4, 2]; sums [0, 3, -6, 2]
+    # kept: m1 [0, 3, -2, 0], m2 [0, 0, -4, 2]; sums [0, 3, -6, 2]; normalize is off by
+    # default (as in mergekit), so the agreeing entries add up.
+    assert torch.allclose(got, T(0, 3, -6, 2))
+    got = run("breadcrumbs_ties", base, [m1, m2], density=0.5, gamma=0.25, normalize=True)
     assert torch.allclose(got, T(0, 3, -3, 2))
 
 
@@ -152,8 +172,14 @@ def test_dare_keep_rate_and_rescale():
     got = run("dare_linear", base, [torch.ones(n)], density=0.3, seed=7)
     kept = got != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.005
-    assert torch.allclose(got[kept], torch.full((int(kept.sum()),), 1 / 0.3))
-    assert abs(got.mean().item() - 1.0) < 0.02  # rescaling keeps the delta unbiased
+    # Default rescale (mergekit's): the kept delta carries the whole delta's L1 norm.
+    assert torch.allclose(got[kept], torch.full((int(kept.sum()),), n / int(kept.sum())))
+    assert abs(got.abs().sum().item() - n) < 1e-3 * n
+    # The paper's rescale: each kept entry divided by the keep probability.
+    paper = run("dare_linear", base, [torch.ones(n)], density=0.3, seed=7, rescale_inverse_p=True)
+    assert torch.equal(paper != 0, kept)
+    assert torch.allclose(paper[kept], torch.full((int(kept.sum()),), 1 / 0.3))
+    assert abs(paper.mean().item() - 1.0) < 0.02  # unbiased
     plain = run("dare_linear", base, [torch.ones(n)], density=0.3, rescale=False, seed=7)
     assert torch.equal(plain != 0, kept) and plain[kept].eq(1).all()
 
@@ -182,7 +208,10 @@ def test_dare_seeded_by_seed_and_tensor_name():
 def test_dare_ties_uses_sign_election():
     base = torch.zeros(4)
     got = run("dare_ties", base, [T(1, 1, -1, 0), T(-3, 1, 1, 0)], density=1.0)
-    # density 1 keeps everything; sums [-2, 2, 0, 0]: the tie at entry 2 elects +
+    # density 1 keeps everything; sums [-2, 2, 0, 0]: the tie at entry 2 elects +;
+    # normalize is off by default (as in mergekit): agreeing entries add up.
+    assert torch.allclose(got, T(-3, 2, 1, 0))
+    got = run("dare_ties", base, [T(1, 1, -1, 0), T(-3, 1, 1, 0)], density=1.0, normalize=True)
     assert torch.allclose(got, T(-3, 1, 1, 0))
 
 
@@ -191,7 +220,7 @@ def test_della_keep_probability_ranges_with_rank():
     # Magnitude j+1 at a shuffled position in each row: probability must follow the rank.
     perm = torch.argsort(torch.rand(rows, n, generator=torch.Generator().manual_seed(0)), dim=1)
     tau = (perm + 1).float()
-    got = run("della", torch.zeros(rows, n), [tau], density=0.5, epsilon=0.2, seed=3)
+    got = run("della", torch.zeros(rows, n), [tau], density=0.5, epsilon=0.2, seed=3, rescale_inverse_p=True)
     p_expected = [0.3, 0.4, 0.5, 0.6, 0.7]
     for j in range(n):
         at = tau == j + 1
@@ -199,6 +228,19 @@ def test_della_keep_probability_ranges_with_rank():
         assert abs(kept.float().mean().item() - p_expected[j]) < 0.01
         assert torch.allclose(got[at][kept], torch.full((int(kept.sum()),), (j + 1) / p_expected[j]))
         assert abs(got[at].mean().item() - (j + 1)) < 0.05 * (j + 1)
+    # Default rescale (mergekit's): same draws, the kept entries times one factor for the
+    # whole tensor that restores its L1 norm (15 per row for magnitudes 1..5).
+    l1 = run("della", torch.zeros(rows, n), [tau], density=0.5, epsilon=0.2, seed=3)
+    kept = l1 != 0
+    assert torch.equal(kept, got != 0)
+    factor = 15.0 * rows / float((tau * kept).sum())
+    assert torch.allclose(l1, tau * kept * factor)
+
+
+def test_della_refuses_probabilities_outside_the_unit_interval():
+    with pytest.raises(MergeError) as e:
+        validate_params("della", {"density": 0.9, "epsilon": 0.15}, 1)
+    assert "density +- epsilon" in str(e.value)
 
 
 def test_della_reproducible_and_one_dimensional():
@@ -293,7 +335,8 @@ def test_validate_params_errors_are_one_line(operator, params, n, message):
 
 def test_validate_params_fills_defaults_and_spreads_scalars():
     got = validate_params("ties", {"weight": [0.7, 0.3], "density": 0.5}, 2)
-    assert got == {"lambda": 1.0, "normalize": True, "weight": [0.7, 0.3], "density": [0.5, 0.5]}
+    assert got == {"lambda": 1.0, "normalize": True, "weight": [0.7, 0.3], "density": [0.5, 0.5],
+                   "rescale": False, "rescale_inverse_p": False, "int8_mask": False}
 
 
 def test_registry_and_recipe_import_without_torch():
@@ -360,8 +403,20 @@ def test_recipe_slerp_with_base_among_models():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("merge_method: ties\nslices: []\n", "slices"),
-    ("merge_method: ties\nmodels: [{model: a, parameters: {weight: [{filter: mlp, value: 1}]}}]\n", "per-tensor filters"),
+    ("merge_method: ties\nslices: []\n", "no models given"),
+    ("merge_method: ties\nbase_model: b\nmodels: 5\n", "models must be a list"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, weigth: 1}]\n", "models[0]: unknown key 'weigth'"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {weigth: 1}}]\n", "unknown parameter 'weigth'"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {lambda: 1}}]\n", "lambda is a global parameter"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {weight: [{filter: mlp, valeu: 1}]}}]\n",
+     "unknown key 'valeu'"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {density: [0.5, 1.5]}}]\n", "density must be <= 1.0"),
+    ("merge_method: ties\nbase_model: b\nmodules: {}\nmodels: [{model: a}]\n", "'modules'"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
+     "{model: c, layer_range: [0, 3]}]}]\n", "same number of layers"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 'x']}]}]\n", "layer_range"),
+    ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
+     "models or slices"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a}]\nfoo: 1\n", "unknown key 'foo'"),
     ("merge_method: ties\nmodels: [{model: a}]\ndtype: int4\n", "unknown dtype"),
     ("merge_method: ties\nmodels: [{model: a}]\n", "needs a base model"),
@@ -431,3 +486,21 @@ def test_ties_sign_election_rounds_each_product():
     deltas = [T(-0.0), T(-0.001953125), T(0.0029296875)]
     got = ops.ties_combine(deltas, [0.5, 0.3, 0.2], normalize=True)
     assert got.item() == pytest.approx(0.0029296875)
+
+
+def test_linear_on_stored_dtypes_is_bit_identical_to_the_float32_formula():
+    # Inputs in bfloat16 and longer than a chunk: the chunked conversion must round exactly
+    # as converting whole tensors to float32 first and the output last.
+    n = ops.LINEAR_CHUNK * 2 + 123
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(n, generator=g).to(torch.bfloat16) for _ in range(3)]
+    weights = [0.5, 0.3, 0.7]
+    want = tensors[0].float() * weights[0]
+    for t, w in zip(tensors[1:], weights[1:]):
+        want.add_(t.float(), alpha=w)
+    want /= sum(weights)
+    params = validate_params("linear", {"weight": weights}, 3)
+    got = get_operator("linear").function(None, tensors, OperatorParams(params, "w", 0, torch.float32, torch.bfloat16))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
+    got32 = get_operator("linear").function(None, [t.float() for t in tensors], OperatorParams(params, "w"))
+    assert got32.dtype == torch.float32 and torch.equal(got32, want)

@@ -458,3 +458,24 @@ def test_stateless_baselines_skip_the_log(tmp_path, monkeypatch):
                         lambda cursor: pytest.fail("a stateless policy read the log"))
     fresh.propose("t", {"a": 0.1}, seed=0)
     assert fresh.live.cursor == fresh.store.last_reward_id() == 5
+
+
+def test_a_snapshot_of_another_log_with_as_many_rewards_is_relearned(tmp_path):
+    from bandit.service import Service
+
+    def logged(db, order):
+        svc = Service(str(db))
+        svc.set_policy("hybrid", {})
+        ids = [svc.propose("t", {"a": i / 6}, seed=i).event_id for i in range(6)]
+        for k in order:
+            svc.reward(ids[k], 0.1 * k)
+        svc.propose("t", {"a": 0.5}, seed=9)  # learns them and writes the snapshot
+        return svc
+
+    logged(tmp_path / "a.db", range(6))
+    other = logged(tmp_path / "b.db", reversed(range(6)))
+    (tmp_path / "b.db.hybrid.npz").write_bytes((tmp_path / "a.db.hybrid.npz").read_bytes())
+    fresh = Service(str(tmp_path / "b.db"))
+    fresh.propose("t", {"a": 0.5}, seed=9)
+    # same settings, same count, but the last reward is of another event: relearned
+    assert fresh.live.learned == 6 and fresh.live.cursor_event == other.live.cursor_event == 1

@@ -6,7 +6,7 @@ from bandit.policies import ridge
 from bandit.policies.exploration import epsilon_floor, sample
 from bandit.policies.linucb import LinUCB
 from bandit.policies.base import Action, ArmSpec
-from bandit.policies.posterior import Posterior
+from bandit.policies.ridge import Posterior
 
 
 def closed_form(X, r, lam):

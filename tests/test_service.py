@@ -5,7 +5,7 @@ import pytest
 
 from bandit.errors import BanditError
 from bandit.arms import DEFAULT_ARMS
-from bandit.policies.posterior import DTYPE
+from bandit.policies.ridge import DTYPE
 from bandit.service import Service
 from store import Store
 
@@ -209,3 +209,15 @@ def test_changing_lambda_shifts_posteriors_exactly(svc):
     svc.add_arm("fresh", "linear", {})
     post = svc.policy().posteriors["fresh"]
     assert post.A.tolist() == [[3.0]]
+
+
+def test_event_lookup_through_the_facade(svc):
+    from bandit.errors import NotFound
+
+    p = svc.propose("t", {"a": 0.25}, seed=3)
+    ev = svc.event(str(p.event_id))
+    assert ev["arm"] == p.arm and ev["contexts"] == [{"a": 0.25}] and ev["reward"] is None
+    svc.reward(p.event_id, 0.5)
+    assert svc.event(p.event_id)["reward"] == 0.5
+    with pytest.raises(NotFound):
+        svc.event(p.event_id + 1)

@@ -29,7 +29,7 @@ from bandit.offline.decision_log import LoggedDecision
 from bandit.errors import BanditError
 from bandit.policies.registry import make_policy, parse_policy_spec, policy_label
 from bandit.policies.base import Action, ArmSpec, Policy
-from bandit.policies.posterior import Posterior
+from bandit.policies.ridge import Posterior
 
 UNIFORM_TOL = 1e-9
 

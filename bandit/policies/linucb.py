@@ -13,7 +13,7 @@ import numpy as np
 from bandit.errors import BanditError
 from bandit.policies.exploration import epsilon_floor, sample
 from bandit.policies.base import Action, ArmSpec, Decision, Policy
-from bandit.policies.posterior import Posterior
+from bandit.policies.ridge import Posterior
 
 
 class RidgeArms(Policy):

@@ -112,6 +112,18 @@ class Service:
             self._live.after_reward(outcome)
         return outcome
 
+    @_one_error_family
+    def event(self, event_id) -> dict:
+        """One logged event as stored (offered actions, pmf, choice, recipe) with its reward
+        (None when none yet): a JSON-ready dict."""
+        from bandit.inputs import parse_event_id
+
+        event_id = parse_event_id(event_id)
+        row = self.store.event(event_id)
+        if row is None:
+            raise NotFound(f"no event {event_id}")
+        return row
+
     def policy(self):
         """The live policy object, current (for tests and in-process users)."""
         return self.live.current()

@@ -20,7 +20,7 @@ from typing import Any
 from bandit.errors import BanditError
 from bandit.policies.base import Action, ArmSpec, Policy
 from bandit.policies.linucb import RidgeArms
-from bandit.policies.posterior import Posterior
+from bandit.policies.ridge import Posterior
 from bandit.policies.registry import DEFAULT_POLICY, make_policy
 from bandit.service.reward import RIDGE, RewardOutcome, arm_prior
 
@@ -70,6 +70,7 @@ class LivePolicy:
         self.versions: dict[str, int] = {}  # ridge arms: posterior version held in memory
         self.active: set[str] = set()  # arms the live policy may propose
         self.cursor = 0  # log-fed policies: the last reward id learned
+        self.cursor_event = None  # ... and the event it rewarded (identifies the log it came from)
         self.learned = 0  # ... and how many rewards that is
         self._snapshot_learned = -1  # how many of them the snapshot on disk holds (-1: none)
 
@@ -127,7 +128,7 @@ class LivePolicy:
 
     # -- policies fed from the log ------------------------------------------------------------
     def _build(self, settings: dict[str, Any]) -> Policy:
-        self.cursor, self.learned, self._snapshot_learned = 0, 0, -1
+        self.cursor, self.cursor_event, self.learned, self._snapshot_learned = 0, None, 0, -1
         path = snapshot_path(self.store, settings["name"])
         if path is None:
             return make_policy(settings["name"], settings.get("params"))
@@ -151,13 +152,14 @@ class LivePolicy:
             policy, header = _snapshot_class(settings["name"]).load(path)
         except (BanditError, OSError, KeyError, ValueError, RuntimeError):
             return None  # unreadable: relearned from the log and overwritten
-        cursor, learned = header.get("cursor"), header.get("learned")
+        cursor, learned, cursor_event = header.get("cursor"), header.get("learned"), header.get("cursor_event")
         # A snapshot of other settings, or of rewards this database does not hold (say it
-        # was restored from a backup), is relearned.
+        # was restored from a backup, or is another database), is relearned.
         if (header.get("settings") != settings or not isinstance(cursor, int) or not isinstance(learned, int)
-                or self.store.count_rewards_upto(cursor) != learned):
+                or self.store.count_rewards_upto(cursor) != learned
+                or self.store.rewarded_event(cursor) != cursor_event):
             return None
-        self.cursor, self.learned, self._snapshot_learned = cursor, learned, learned
+        self.cursor, self.cursor_event, self.learned, self._snapshot_learned = cursor, cursor_event, learned, learned
         return policy
 
     def _sync_from_log(self, policy: Policy, settings: dict[str, Any], save_every: int = SNAPSHOT_EVERY) -> None:
@@ -178,11 +180,12 @@ class LivePolicy:
             actions = [Action(a["arm"], r["contexts"][a.get("candidate", 0)], a.get("candidate", 0))
                        for a in r["actions"]]
             policy.learn_decision(actions, r["chosen"], r["value"], r["prob"])
-            self.cursor = r["reward_id"]
+            self.cursor, self.cursor_event = r["reward_id"], r["event_id"]
             self.learned += 1
         path = snapshot_path(self.store, policy.name)
         if path is not None and (self._snapshot_learned < 0 or self.learned - self._snapshot_learned >= save_every):
-            policy.save(path, {"settings": settings, "cursor": self.cursor, "learned": self.learned})
+            policy.save(path, {"settings": settings, "cursor": self.cursor, "cursor_event": self.cursor_event,
+                               "learned": self.learned})
             self._snapshot_learned = self.learned
 
     def prepare(self, settings: dict[str, Any]) -> None:

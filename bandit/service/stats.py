@@ -1,7 +1,7 @@
 """Per-arm statistics of one database."""
 from __future__ import annotations
 
-from bandit.policies.posterior import Posterior
+from bandit.policies.ridge import Posterior
 from bandit.service.records import ArmStats
 from bandit.service.reward import RIDGE, chosen_context
 
