@@ -115,6 +115,20 @@ def features(f) -> str:
     return "\n".join(lines)
 
 
+def catalog_features(rows) -> str:
+    """Every pair of a catalog: how many were computed, and a few telling features per pair."""
+    computed = sum(not f.cached for f in rows)
+    lines = [f"{len(rows)} ordered pairs: {computed} computed, {len(rows) - computed} from the cache"]
+    if rows:
+        shown = [n for n in ("kinship_cos", "kinship_pcc", "sign_agreement", "topk_overlap", "kl_mean", "top1_agreement")
+                 if n in rows[0].features]
+        width = max(len(f"{f.model_a} -> {f.model_b}") for f in rows)
+        lines.append(f"  {'pair':<{width}}  " + "  ".join(f"{n:>14}" for n in shown))
+        lines += [f"  {f.model_a + ' -> ' + f.model_b:<{width}}  " + "  ".join(f"{f.features[n]:>14.6f}" for n in shown)
+                  for f in rows]
+    return "\n".join(lines)
+
+
 # -- policy, stats, rebuild -----------------------------------------------------------------
 def policy(info) -> str:
     return f"live policy: {info.label}  ({params(info.effective)})"

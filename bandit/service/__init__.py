@@ -238,6 +238,33 @@ class Service:
                            progress=progress)
         return Features(model_a, model_b, pf.cached, pf.features)
 
+    @_one_error_family
+    def all_pair_features(self, models=None, *, task=None, structural_only=False, device="auto", progress=False,
+                          memory_budget="1GB"):
+        """Features of every ordered pair of `models` (default: each base's registered
+        fine-tunes), the pairs not cached computed together: one read and one forward pass per
+        model. `memory_budget` (bytes or '1GB') bounds one tensor of every model at once."""
+        from bandit.service.context import catalog_features, catalogs, task_probes
+        from bandit.service.records import Features
+        from merging.errors import MergeError
+        from merging.writer import parse_size
+
+        try:
+            budget = parse_size(memory_budget)
+        except MergeError:
+            raise InvalidInput(f"memory budget {memory_budget!r} not understood (e.g. 1GB, 512MB, 2GiB, or bytes)") from None
+        probes = None
+        if task is not None and not structural_only:
+            if self.store.task(task) is None:
+                raise NotFound(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+            probes = task_probes(self.store, task)
+        out = []
+        for names in catalogs(self.store, models):
+            pairs = catalog_features(self.store, names, probes, structural_only=structural_only, device=device,
+                                     progress=progress, memory_budget=budget)
+            out += [Features(pf.model_a, pf.model_b, pf.cached, pf.features) for pf in pairs.values()]
+        return out
+
     def arm_specs(self) -> dict:
         """Every arm registered here as an ArmSpec (replay describes table arms by them)."""
         from bandit.policies.base import ArmSpec
