@@ -159,7 +159,7 @@ class AllPairsStats:
         out.gram = torch.zeros(n, n, dtype=f64, device=self.device) if stats else None
         if thresholds is not None or undecided:
             out.inter = torch.zeros(n, n, dtype=f64, device=self.device)
-        samples, open_columns, inside = [], [], [[] for _ in range(n)]
+        samples, open_columns, inside = [], [], []
         above = torch.zeros(n, dtype=f64, device=self.device)
         if brackets is not None:
             lo = torch.tensor([[max(b.lo, _TINY)] for b in brackets], dtype=f64, device=self.device)
@@ -190,20 +190,28 @@ class AllPairsStats:
                 above += sure.sum(dim=1)
                 if undecided:
                     out.inter += sure @ sure.T
-                band = (ws >= lo) & (ws <= hi)
-                for row in range(n):
-                    inside[row].append(ws[row][band[row]])  # indexing copies
+                band = ws >= lo
+                band &= ws <= hi
+                # One selection for all rows (row-major, so grouped by row) and the per-row
+                # counts to split it by later: N selections per chunk cost twice as much.
+                inside.append((ws[band], band.sum(dim=1)))
                 if undecided:
-                    open_columns.append(torch.nonzero(band.any(dim=0)).reshape(-1) + start)
+                    open_columns.append(band.any(dim=0))
             if thresholds is not None:
                 mask = ((ws >= thr) & (ws > 0)).to(f64)
                 out.inter += mask @ mask.T
         out.sample = torch.cat(samples, dim=1) if samples else None
         if brackets is not None:
             out.above = [int(v) for v in above.tolist()]
-            out.inside = [torch.cat(rows) if rows else x.new_empty(0) for rows in inside]
+            rows: list[list] = [[] for _ in range(n)]
+            for values, counts in inside:
+                for row, part in enumerate(torch.split(values, counts.tolist())):
+                    rows[row].append(part)
+            out.inside = [torch.cat(parts) if parts else x.new_empty(0) for parts in rows]
         if undecided:
-            out.open_columns = torch.cat(open_columns) if open_columns else torch.empty(0, dtype=torch.long)
+            # The chunks are consecutive, so the positions in their concatenation are the entries'.
+            out.open_columns = (torch.nonzero(torch.cat(open_columns)).reshape(-1) if open_columns
+                                else torch.empty(0, dtype=torch.long))
         return out
 
     def _settle_open_columns(self, numel: int, read: Reader, done: "_PassResult", brackets, thresholds):

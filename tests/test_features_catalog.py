@@ -273,8 +273,16 @@ def test_cli_features_all_fills_the_cache_for_every_pair(tmp_path, catalog, pair
 
 
 # -- the compact (top-k) form for large vocabularies ----------------------------------------
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for both top-k cases, so the exact outputs are computed once."""
+    from features.probe_outputs import ProbeOutputCache
+
+    return ProbeOutputCache(tmp_path_factory.mktemp("shared-cache"))
+
+
 @pytest.mark.parametrize("k", [6, 64])
-def test_topk_cache_gives_the_stated_bounds_around_the_exact_values(catalog, tmp_path, k):
+def test_topk_cache_gives_the_stated_bounds_around_the_exact_values(catalog, shared_cache, k):
     """Cached as top-k (forced on the 64-token vocabulary): per position, KL and the JS lower
     bound are <= the exact values <= the JS upper bound, the entropy lies in its interval; with
     k = vocabulary everything is exact again. top-1 and hidden-state features stay exact."""
@@ -283,11 +291,10 @@ def test_topk_cache_gives_the_stated_bounds_around_the_exact_values(catalog, tmp
     from features.functional_all import (compact_divergences, compact_entropy_bounds, functional_all_pairs,
                                          model_outputs, pair_from_outputs, prepare_inputs)
     from features.functional import entropy_rows, js_rows, kl_rows
-    from features.probe_outputs import ProbeOutputCache
 
     base, models = catalog
     inputs = prepare_inputs(PROBES, [base])
-    cache = ProbeOutputCache(tmp_path / "cache")
+    cache = shared_cache
     dev = torch.device("cpu")
     exact = {m: model_outputs(models[m], inputs, dev, cache)[0] for m in ("a", "b")}
     compact = {m: model_outputs(models[m], inputs, dev, cache, exact_vocab_max=0, topk=k)[0] for m in ("a", "b")}
@@ -313,5 +320,5 @@ def test_topk_cache_gives_the_stated_bounds_around_the_exact_values(catalog, tmp
     # Through the catalog entry point the forms are separate cache entries, not mixed up.
     pairs = functional_all_pairs(base, {m: models[m] for m in ("a", "b")}, PROBES, device="cpu", cache=cache,
                                  exact_vocab_max=0, topk=k)
-    assert pairs.model_loads == 1  # only the base: a and b were cached in this form above
+    assert pairs.model_loads == 1  # a and b were cached in this form above: only the base runs
     assert pairs.pairs[("a", "b")]["kl_mean"] <= want["kl_mean"] + 1e-9
