@@ -55,6 +55,19 @@ def db_option(f):
     )(f)
 
 
+def server_option(f):
+    return click.option(
+        "--server", metavar="URL",
+        help="Run against a `bandit serve` at URL instead of --db (token from $BANDIT_TOKEN).",
+    )(f)
+
+
+def _client(url: str):
+    from bandit.server.client import Client
+
+    return Client(url)
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(f)
 
@@ -106,10 +119,11 @@ def _merge_event(svc, event_id, out_dir: str, device: str, quiet: bool, **engine
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
 @click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
 @click.option("--seed", help="Seed for tie-breaking and sampling, 0 to 2^63 - 1 (logged either way).")
+@server_option
 @db_option
 @json_option
-def propose(task, models, more_models, features, context_json, structural_only, device, merge_to, seed, db_path,
-            as_json):
+def propose(task, models, more_models, features, context_json, structural_only, device, merge_to, seed, server,
+            db_path, as_json):
     """Choose a merge operator (an arm) for TASK and log the decision as an event.
 
     With --models, every ordered pair of the models is a candidate: the policy picks the
@@ -125,6 +139,22 @@ def propose(task, models, more_models, features, context_json, structural_only, 
         raise BanditError(f"unexpected argument {more_models[0]!r}: model names follow --models")
     models = tuple(models) + tuple(more_models)
     seed = parse_seed(seed)
+    if server:
+        if merge_to:
+            raise BanditError("--merge-to runs on this machine: with --server, queue the merge with POST /v1/merges")
+        if models and (features or context_json):
+            raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
+        from bandit.service.records import Proposal
+
+        with _client(server) as client:
+            p = Proposal(**client.propose(task, models=list(models) or None, seed=seed, structural_only=structural_only,
+                                          context=None if models else parse_context(features, context_json)))
+        if as_json:
+            emit_json(p)
+        else:
+            click.echo(render.proposal(p))
+            click.echo(render.proposal_footer(p))
+        return
     if models:
         if features or context_json:
             raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
@@ -152,13 +182,21 @@ def propose(task, models, more_models, features, context_json, structural_only, 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("event_id")
 @click.argument("value")
+@server_option
 @db_option
 @json_option
-def reward(event_id, value, db_path, as_json):
+def reward(event_id, value, server, db_path, as_json):
     """Record the REWARD of event EVENT_ID and update its arm's posterior."""
-    # Lean on purpose: the facade loads no numpy or sqlite-utils for a reward, so this starts fast.
-    # A reward belongs to an event of an existing database: never create one on a typo.
-    out = _service(db_path, create=False).reward(event_id, value)
+    if server:
+        from bandit.service.reward import RewardOutcome
+
+        with _client(server) as client:
+            d = client.reward(event_id, value)
+        out = RewardOutcome(d["event_id"], d["arm"], d["reward"], d["duplicate"], d["pulls"], {})
+    else:
+        # Lean on purpose: the facade loads no numpy or sqlite-utils for a reward, so this starts fast.
+        # A reward belongs to an event of an existing database: never create one on a typo.
+        out = _service(db_path, create=False).reward(event_id, value)
     if as_json:
         emit_json(out)
     else:
@@ -252,13 +290,20 @@ def tasks_list(db_path, as_json):
 
 
 @main.command()
+@server_option
 @db_option
 @json_option
-def stats(db_path, as_json):
+def stats(server, db_path, as_json):
     """Per arm: proposals, rewards, mean reward, posterior mean at the average context, share."""
     from bandit import render
 
-    rows = _service(db_path).stats()
+    if server:
+        from bandit.service.records import ArmStats
+
+        with _client(server) as client:
+            rows = [ArmStats(**r) for r in client.stats()]
+    else:
+        rows = _service(db_path).stats()
     emit_json(rows) if as_json else click.echo(render.stats(rows))
 
 
@@ -274,6 +319,46 @@ def rebuild(check, db_path, as_json):
     emit_json(rep) if as_json else click.echo(render.rebuild(rep))
     if check and not rep.clean:
         sys.exit(1)
+
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs a token.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8600, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="File holding the bearer token (default: $BANDIT_TOKEN; none on loopback).")
+@click.option("--device", default="auto", show_default=True, help="Device of the merge queue and features.")
+@click.option("--reward-window", type=float, metavar="SECONDS",
+              help="Close an event not rewarded within SECONDS: default reward (--default-reward) or expiry.")
+@click.option("--default-reward", metavar="X", help="Reward applied when the window closes (logged as default).")
+@click.option("--expire", is_flag=True, help="Mark events expired when the window closes (no reward).")
+@db_option
+def serve(host, port, token_file, device, reward_window, default_reward, expire, db_path):
+    """Run the HTTP service: the JSON API under /v1, merge jobs and the dashboard at /."""
+    from bandit.errors import BanditError
+    from bandit.inputs import parse_number
+
+    if (default_reward is not None or expire) and reward_window is None:
+        raise BanditError("--default-reward and --expire need --reward-window SECONDS")
+    if reward_window is not None and (default_reward is None) == (not expire):
+        raise BanditError("with --reward-window, give exactly one of --default-reward X or --expire")
+    from bandit.server.auth import load_token, require_token_off_loopback
+    from bandit.server.app import serve as run_server
+    from bandit.server.runtime import ServerConfig
+
+    config = ServerConfig(
+        db=db_path, device=device, token=load_token(token_file), reward_window=reward_window,
+        default_reward=None if default_reward is None else parse_number(default_reward, "--default-reward", bounded=True),
+    )
+    require_token_off_loopback(host, config.token)
+    if reward_window is not None:
+        from bandit.service.join_window import JoinWindow
+
+        JoinWindow(reward_window, config.default_reward)  # its checks, before anything starts
+    click.echo(f"bandit serve: http://{host}:{port}/ (database {db_path}"
+               + (", token required" if config.token else "") + ")", err=True)
+    run_server(config, host=host, port=port)
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,19 +469,41 @@ def models_add(name, path, base, db_path, as_json):
 
 
 @main.command("features")
-@click.argument("model_a")
-@click.argument("model_b")
+@click.argument("names", nargs=-1, metavar="[MODEL_A MODEL_B]")
+@click.option("--all", "all_pairs", is_flag=True,
+              help="Every ordered pair of a catalog: of --models, else of each base's registered fine-tunes.")
+@click.option("--models", "-m", "models", multiple=True, metavar="A B [C ...]",
+              help="With --all: the fine-tunes to pair (default: all registered ones, per base).")
 @click.option("--task", "-t", help="Task whose probe texts to use (default: the built-in generic probes).")
 @click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--memory-budget", default="1GB", show_default=True,
+              help="With --all: memory for one tensor of every model at once (larger tensors are read in parts).")
 @db_option
 @json_option
-def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_json):
-    """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached."""
-    from bandit import render
+def features_cmd(names, all_pairs, models, task, structural_only, device, memory_budget, db_path, as_json):
+    """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached;
+    with --all, of every pair of a catalog (one read and one forward pass per model).
 
+    `--models A B C` takes every word up to the next option (click reads B and C as
+    arguments; they are only accepted after --models)."""
+    from bandit import render
+    from bandit.errors import InvalidInput
+
+    progress = not as_json and sys.stderr.isatty()
+    if all_pairs:
+        if names and not models:
+            raise InvalidInput("give either MODEL_A MODEL_B or --all [--models ...], not both")
+        rows = _service(db_path).all_pair_features(tuple(models) + tuple(names) or None, task=task,
+                                                   structural_only=structural_only, device=device,
+                                                   progress=progress, memory_budget=memory_budget)
+        emit_json({"pairs": rows}) if as_json else click.echo(render.catalog_features(rows))
+        return
+    if models or len(names) != 2:
+        raise InvalidInput("name two models (MODEL_A MODEL_B), or use --all [--models A B ...]")
+    model_a, model_b = names
     f = _service(db_path).features(model_a, model_b, task=task, structural_only=structural_only, device=device,
-                                   progress=not as_json and sys.stderr.isatty())
+                                   progress=progress)
     emit_json(f) if as_json else click.echo(render.features(f))
 
 
@@ -440,9 +547,16 @@ def _progress_bar(total: int, quiet: bool):
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes to spread the runs over.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples (--logged).")
 @click.option("--seed", default="0", show_default=True, help="Seed for --logged's randomness, 0 to 2^63 - 1.")
+@click.option("--passes", type=int, default=1, show_default=True,
+              help="The table's requests recur this many times, each pass in a fresh order (read the last half).")
+@click.option("--group-orders", is_flag=True,
+              help="Make both orders of each pair of a table without a request column the candidates of one request.")
+@click.option("--prior", "prior_table", type=click.Path(dir_okay=False),
+              help="Fit an intercept-only prior on this outcome table; replay each policy without and with it.")
 @db_option
 @json_option
-def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, db_path, as_json):
+def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, passes,
+           group_orders, prior_table, db_path, as_json):
     """Evaluate policies offline: on an outcome table, or on a decision log."""
     # The policies' matrices are small; threaded BLAS only makes the replay processes fight
     # over the cores. Effective when numpy is not loaded yet, as in a fresh `bandit` process.
@@ -457,8 +571,9 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
         raise BanditError("give exactly one of --outcomes FILE or --logged [FILE]")
     policies = list(policies) or list(DEFAULT_REPLAY_POLICIES)
     if logged is not None:
-        if add_arm_at or new_task_at or plot:
-            raise BanditError("--add-arm-at, --new-task-at and --plot apply to --outcomes only")
+        if add_arm_at or new_task_at or plot or passes != 1 or group_orders or prior_table:
+            raise BanditError("--add-arm-at, --new-task-at, --plot, --passes, --group-orders and --prior "
+                              "apply to --outcomes only")
         if logged:
             from bandit.offline.ope import evaluate_log_source
 
@@ -473,13 +588,111 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
     new_task = NewTask(*parse_scenario_arg(new_task_at, "--new-task-at")) if new_task_at else None
     # arms registered in the database, when there is one, describe the table's arms best
     known = _service(db_path, create=False).arm_specs() if os.path.exists(db_path) else None
-    bar, tick = _progress_bar(len(policies) * max(seeds, 0), as_json)
+    bar, tick = _progress_bar(len(policies) * max(seeds, 0) * (2 if prior_table else 1), as_json)
     try:
-        rep = replay_outcomes(outcomes, policies, seeds, add_arm, new_task, known, jobs, plot, tick)
+        rep = replay_outcomes(outcomes, policies, seeds, add_arm, new_task, known, jobs, plot, tick, passes,
+                              group_orders, prior_table)
     finally:
         if bar is not None:
             bar.close()
     emit_json(rep) if as_json else click.echo(render.replay(rep))
+
+
+@main.command("outcomes")
+@click.option("--models", "-m", "models", multiple=True, metavar="A B [C ...]",
+              help="Registered fine-tunes (one common base): every ordered pair is merged with every active arm.")
+@click.argument("more_models", nargs=-1, metavar="")
+@click.option("--evaluate", "command", required=True, metavar="'CMD {model} {a} {b}'",
+              help="Shell command scoring a merged folder; the last number it prints on stdout is the reward.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Table to write (.csv or .jsonl).")
+@click.option("--task", "-t", default=None, help="Registered task whose probes feed the features [default: generic].")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Merges run in parallel.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+              help="Reward cache, so a re-run does only what is new [default: OUT.cache.json].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds one evaluation may take.")
+@click.option("--structural-only", is_flag=True, help="Weights-only features in the f: columns.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@db_option
+@json_option
+def outcomes_cmd(models, more_models, command, out, task, jobs, cache_path, timeout, structural_only, device, db_path,
+                 as_json):
+    """Build an outcome table for your own catalog with your own evaluator.
+
+    Both orders of each pair are the two candidates of one request (the order listed first
+    first). Example: bandit outcomes -m A B C --evaluate 'python eval.py {model}' --out t.csv
+    """
+    from bandit import render
+    from bandit.errors import BanditError
+    from bandit.offline.build import CommandEvaluator
+
+    if more_models and not models:
+        raise BanditError(f"unexpected argument {more_models[0]!r}: model names follow --models")
+    models = tuple(models) + tuple(more_models)
+    evaluator = CommandEvaluator(command, timeout)  # a bad template fails before the database opens
+    svc = _service(db_path, create=False)
+    n_arms = sum(1 for a in svc.arms(include_retired=False))
+    bar = _zoo_progress(len(models) * (len(models) - 1) * n_arms, not as_json and sys.stderr.isatty(), "outcome table")
+    try:
+        rep = svc.build_outcomes(list(models), evaluator, out, task=task, jobs=jobs, cache_path=cache_path,
+                                 structural_only=structural_only, device=device, on_cell=lambda *cell: bar.update(1))
+    finally:
+        bar.close()
+    rep.pop("records")  # the table itself is in the file
+    if as_json:
+        emit_json(rep)
+        return
+    click.echo(render.outcome_table(rep, rep["merges_run"], rep["merges_cached"]))
+    click.echo(f"written to {out}")
+
+
+@main.command("fit")
+@click.option("--outcomes", "table_path", type=click.Path(dir_okay=False), help="Outcome table to fit the prior on.")
+@click.option("--strength", type=click.FloatRange(min=0), default=None,
+              help="Pseudo-rewards per arm [default: chosen by empirical Bayes over the table's tasks].")
+@click.option("--zoo", "zoo_table", is_flag=True, help="Use the embedded zoo's table, shipped with simmerge.")
+@click.option("--replace", is_flag=True, help="Swap out a prior loaded before.")
+@click.option("--clear", is_flag=True, help="Take the loaded prior back out.")
+@db_option
+@json_option
+def fit_cmd(table_path, strength, zoo_table, replace, clear, db_path, as_json):
+    """Load an intercept-only prior fitted on an outcome table into the live posteriors.
+
+    Each arm starts from the table's mean reward for it, worth STRENGTH rewards: live rewards
+    outweigh it quickly. Recorded in the database, so `bandit rebuild` stays exact.
+    """
+    from bandit import render
+    from bandit.errors import BanditError
+    from bandit.offline.prior import prior_from_outcomes
+
+    if zoo_table:
+        if table_path is not None:
+            raise BanditError("give either --outcomes TABLE or --zoo")
+        from zoo.outcomes import PRIOR_TABLE
+
+        table_path = str(PRIOR_TABLE)
+    if clear == (table_path is not None):
+        raise BanditError("give either --outcomes TABLE (or --zoo) or --clear")
+    if clear and (strength is not None or replace):
+        raise BanditError("--strength and --replace go with --outcomes")
+    prior = prior_from_outcomes(table_path, strength) if table_path else None  # a bad table fails first
+    svc = _service(db_path)
+    if clear:
+        gone = svc.clear_prior()
+        if as_json:
+            emit_json({"cleared": gone})
+        else:
+            click.echo("no prior was loaded" if gone is None else f"prior from {gone['prior']['source']} cleared "
+                       f"({len(gone['applied'])} arms)")
+        return
+    record = svc.fit_prior(prior, replace=replace)
+    if as_json:
+        emit_json(record)
+        return
+    click.echo(render.fitted_prior(record))
+    if record["policy"] and record["policy"]["name"] in ("hybrid", "vw"):
+        click.echo(f"note: the live policy {record['policy']['name']} learns from the log and does not use the prior; "
+                   "linucb, lints and egreedy do", err=True)
 
 
 @main.group()

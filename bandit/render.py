@@ -115,6 +115,20 @@ def features(f) -> str:
     return "\n".join(lines)
 
 
+def catalog_features(rows) -> str:
+    """Every pair of a catalog: how many were computed, and a few telling features per pair."""
+    computed = sum(not f.cached for f in rows)
+    lines = [f"{len(rows)} ordered pairs: {computed} computed, {len(rows) - computed} from the cache"]
+    if rows:
+        shown = [n for n in ("kinship_cos", "kinship_pcc", "sign_agreement", "topk_overlap", "kl_mean", "top1_agreement")
+                 if n in rows[0].features]
+        width = max(len(f"{f.model_a} -> {f.model_b}") for f in rows)
+        lines.append(f"  {'pair':<{width}}  " + "  ".join(f"{n:>14}" for n in shown))
+        lines += [f"  {f.model_a + ' -> ' + f.model_b:<{width}}  " + "  ".join(f"{f.features[n]:>14.6f}" for n in shown)
+                  for f in rows]
+    return "\n".join(lines)
+
+
 # -- policy, stats, rebuild -----------------------------------------------------------------
 def policy(info) -> str:
     return f"live policy: {info.label}  ({params(info.effective)})"
@@ -163,14 +177,31 @@ def _ci(x: dict, fmt: str = "{:.3f}") -> str:
 
 
 def replay(rep: dict) -> str:
-    out = [f"{rep['rows']} rows, {len(rep['arms'])} arms, {rep['seeds']} seeds; "
-           f"best fixed arm {rep['best_fixed_arm']} (mean {rep['best_fixed_mean']:.4f}), "
-           f"oracle mean {rep['oracle_mean']:.4f}",
-           "mean [95 % interval over seeds]",
-           f"{'policy':<26} {'mean reward':<26} {'regret':<28} {'gap closure':<26} {'gap closure, last half':<26}"]
+    several = rep.get("requests", rep["rows"]) != rep["rows"]
+    passes = f", {rep['passes']} passes ({rep['rounds']} rounds)" if rep.get("passes", 1) > 1 else ""
+    out = [f"{rep['rows']} rows" + (f" in {rep['requests']} requests" if several else "")
+           + f", {len(rep['arms'])} arms, {rep['seeds']} seeds{passes}; "
+           f"best fixed arm {rep['best_fixed_arm']} (mean {rep['best_fixed_mean']:.4f}"
+           + (" on the first-listed candidate" if several else "") + f"), oracle mean {rep['oracle_mean']:.4f}"]
+    if several:
+        out.append(f"best fixed arm on each request's best candidate (hindsight): "
+                   f"{rep['best_fixed_arm_best_candidate']} (mean {rep['best_fixed_best_candidate_mean']:.4f})")
+    if rep.get("prior"):
+        pr = rep["prior"]
+        out.append(f"prior from {pr['source']}: strength {pr['strength']:.2f} pseudo-rewards per arm, centred on "
+                   + ("the live mean once every arm has a reward" if pr.get("centre") == "live"
+                      else f"the table's mean {pr['level']:.4f}"))
+    out.append("mean [95 % interval over seeds]")
+    head = f"{'policy':<26} {'mean reward':<26} {'regret':<28} {'gap closure':<26} {'gap closure, last half':<26}"
+    if several:
+        head += f" {'vs best-order fixed, last half':<26}"
+    out.append(head)
     for p in rep["policies"]:
-        out.append(f"{p['policy']:<26} {_ci(p['mean_reward'], '{:.4f}'):<26} {_ci(p['regret'], '{:.1f}'):<28} "
-                   f"{_ci(p['gap_closure']):<26} {_ci(p['gap_closure_last_half']):<26}")
+        line = (f"{p['policy']:<26} {_ci(p['mean_reward'], '{:.4f}'):<26} {_ci(p['regret'], '{:.1f}'):<28} "
+                f"{_ci(p['gap_closure']):<26} {_ci(p['gap_closure_last_half']):<26}")
+        if several:
+            line += f" {_ci(p['gap_closure_vs_best_candidate_last_half']):<26}"
+        out.append(line)
     if rep["policies"] and "add_arm" in rep["policies"][0]:
         a0 = rep["policies"][0]["add_arm"]
         out.append(f"\narm {a0['arm']} joins after round {a0['round']}; fair rate (share of later rows it is best on) "
@@ -283,4 +314,32 @@ def demo_summary(s, db_path: str) -> str:
     lines.append("  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
     if s.plot:
         lines.append(f"learning curve: {s.plot}")
+    return "\n".join(lines)
+
+
+def outcome_table(summary: dict, merges_run: int, merges_cached: int) -> str:
+    """What an outcome table allows (`bandit outcomes`): per arm, the oracle, both fixed baselines."""
+    lines = [f"{summary['rows']} rows in {summary['requests']} requests x {len(summary['arms'])} arms "
+             f"({merges_run} merges run, {merges_cached} from the cache)",
+             f"{'arm':<18} {'mean reward (order as listed)':>30} {'best on':>8}"]
+    for arm in sorted(summary["arms"], key=lambda a: -summary["arm_means"][a]):
+        lines.append(f"{arm:<18} {summary['arm_means'][arm]:>30.4f} {summary['wins'][arm]:>8}")
+    lines.append(f"oracle (best candidate and arm per request)   {summary['oracle_mean']:.4f}")
+    lines.append(f"best fixed arm, order as listed                {summary['best_fixed_arm']} "
+                 f"{summary['best_fixed_mean']:.4f}")
+    lines.append(f"best fixed arm, best order in hindsight        {summary['best_fixed_arm_best_candidate']} "
+                 f"{summary['best_fixed_best_candidate_mean']:.4f}")
+    return "\n".join(lines)
+
+
+def fitted_prior(record: dict) -> str:
+    """`bandit fit`: the prior as loaded, per arm."""
+    p = record["prior"]
+    tau = "one task: default strength" if p["tau2"] is None else f"between-task variance {p['tau2']:.5f}"
+    lines = [f"prior from {p['source']}: level {p['level']:.4f}, strength {p['strength']:.2f} pseudo-rewards "
+             f"per arm (reward variance {p['sigma2']:.5f}, {tau})", f"{'arm':<18} {'prior mean':>10} {'offset':>8}"]
+    for arm in record["applied"]:
+        lines.append(f"{arm:<18} {p['level'] + p['offsets'][arm]:>10.4f} {p['offsets'][arm]:>+8.4f}")
+    if record["arms_without_column"]:
+        lines.append(f"no column in the table, left as they were: {', '.join(record['arms_without_column'])}")
     return "\n".join(lines)

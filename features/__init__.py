@@ -52,11 +52,8 @@ weights, which the structural features already cover.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 from features.errors import FeatureError
-from features.functional import FUNCTIONAL_FEATURES, MAX_TOKENS, resolve_probes
+from features.functional import FUNCTIONAL_FEATURES, probe_hash
 from features.structural import STRUCTURAL_FEATURES
 
 FEATURE_SET = "simmerge-sim"
@@ -67,21 +64,14 @@ FEATURE_NAMES: tuple[str, ...] = STRUCTURAL_FEATURES + FUNCTIONAL_FEATURES
 
 __all__ = [
     "FEATURE_NAMES", "FEATURE_SET", "FEATURE_VERSION", "FUNCTIONAL_FEATURES", "STRUCTURAL_FEATURES",
-    "FeatureError", "compute_features", "compute_features_both_orders", "feature_names", "probe_hash",
+    "FeatureError", "compute_all_pairs", "compute_features", "compute_features_both_orders", "feature_names",
+    "probe_hash",
 ]
 
 
 def feature_names(*, structural_only: bool = False) -> tuple[str, ...]:
     """The names `compute_features` returns, in order: the schema a policy stores."""
     return STRUCTURAL_FEATURES if structural_only else FEATURE_NAMES
-
-
-def probe_hash(probes: list[str] | None) -> str:
-    """A digest of the probe texts as they will be used (None: the built-in set), with the
-    token cut, so that equal probe sets share cache entries and different ones never do."""
-    texts = resolve_probes(probes)
-    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS}, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
 def compute_features(base: str, a: str, b: str, probes: list[str] | None = None, *,
@@ -121,3 +111,32 @@ def compute_features_both_orders(base: str, a: str, b: str, probes: list[str] | 
         ab.update(f_ab)
         ba.update(f_ba)
     return ab, ba
+
+
+def compute_all_pairs(base: str, models: dict[str, str], probes: list[str] | None = None, *,
+                      structural_only: bool = False, device: str = "auto", memory_budget: int | None = None,
+                      progress: bool = False, tokenizer: str | None = None, cache=None,
+                      fingerprints: dict[str, str] | None = None) -> dict[tuple[str, str], dict[str, float]]:
+    """Features of every ordered pair of `models` ({name: checkpoint folder}, fine-tunes of
+    `base`): `{(a, b): {name: float}}` in `feature_names(structural_only=...)` order, equal to
+    `compute_features(base, models[a], models[b], ...)` for each pair.
+
+    The cost grows with the number of models, not of pairs: the weights are read once per
+    checkpoint (`features.structural_all`; `memory_budget` bytes bound what one tensor's N+1
+    copies may take, default 1 GiB) and each model is run once on the probes, its outputs
+    kept in the probe-output cache (`cache`: a `features.probe_outputs.ProbeOutputCache`,
+    default under $SIMMERGE_HOME), so a second call runs no model at all.
+    """
+    from features.structural_all import DEFAULT_MEMORY_BUDGET, scan_catalog
+
+    scan = scan_catalog(base, models, device=device, progress=progress,
+                        memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET)
+    pairs = scan.all_pairs()
+    if not structural_only:
+        from features.functional_all import functional_all_pairs
+
+        functional = functional_all_pairs(base, models, probes, device=device, tokenizer=tokenizer, cache=cache,
+                                          fingerprints=fingerprints, progress=progress)
+        for key, values in pairs.items():
+            values.update(functional.pairs[key])
+    return pairs

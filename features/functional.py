@@ -59,6 +59,17 @@ def resolve_probes(probes: list[str] | None) -> list[str]:
     return texts
 
 
+def probe_hash(probes: list[str] | None) -> str:
+    """A digest of the probe texts as they will be used (None: the built-in set), with the
+    token cut, so that equal probe sets share cache entries and different ones never do."""
+    import hashlib
+    import json
+
+    texts = resolve_probes(probes)
+    payload = json.dumps({"texts": texts, "max_tokens": MAX_TOKENS}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
 def load_tokenizer(folders: list[str | Path]):
     """The tokenizer of the first folder that has one; FeatureError if none has."""
     from transformers import AutoTokenizer

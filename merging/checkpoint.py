@@ -235,6 +235,32 @@ class Checkpoint:
         t = buffer.view(torch_dtype(info.dtype)).reshape(info.shape)
         return t if str(device) == "cpu" else t.to(device, non_blocking=True)
 
+    def tensor_range(self, name: str, start: int, stop: int):
+        """Entries [start, stop) of one tensor, flattened in storage order, as a 1-D CPU tensor
+        of its stored dtype: a part of a tensor too large to hold N copies of at once."""
+        import torch
+
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.path}: no tensor {name!r}")
+        start, stop = max(0, start), min(stop, info.numel)
+        itemsize = DTYPE_BYTES[info.dtype]
+        fd, data_start = self._file_handle(info.file)
+        nbytes = max(0, stop - start) * itemsize
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buffer.numpy())
+        where = data_start + info.offset + start * itemsize
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.preadv(fd, [view[done:done + (1 << 30)]], where + done)
+                if n <= 0:
+                    raise CheckpointError(f"{self.path / info.file}: truncated while reading tensor {name!r}")
+                done += n
+        except OSError as e:
+            raise CheckpointError(f"{self.path / info.file}: cannot read tensor {name!r} ({e.strerror or e})") from None
+        return buffer.view(torch_dtype(info.dtype))
+
     def _file_handle(self, file: str) -> tuple[int, int]:
         handle = self._open.get(file)
         if handle is None:

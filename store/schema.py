@@ -23,13 +23,23 @@ Tables (all JSON columns are UTF-8 JSON text; all blobs are little-endian float6
 - features(key, model_a, model_b, base, fp_a, fp_b, fp_base, probe_hash, feature_set,
   version, features, created_at) — cached similarity signals.
 - settings(key, value) — the live policy and its parameters.
+
+Version 2 (the server, `bandit serve`):
+- rewards.source — `client` (reported by a user) or `default` (the reward join window ran
+  out and the configured default reward was applied: a real reward, replayed by rebuild).
+- expired_events(event_id, expired_at, window) — events whose join window ran out with no
+  default reward configured: closed, never rewarded, nothing learned from them.
+- jobs(id, kind, state, spec, device, done, total, output, result, error, created_at,
+  started_at, finished_at) — the server's background work (merges, replays) in order of
+  `id`; `state` is queued, running, done or failed. A job found `running` when the server
+  starts was cut off by a crash and is marked failed.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
 
-LATEST = 1
+LATEST = 2
 
 
 def _v1(db) -> None:
@@ -86,7 +96,21 @@ def _v1(db) -> None:
     db["events"].create_index(["arm"], if_not_exists=True)
 
 
-MIGRATIONS = {1: _v1}
+def _v2(db) -> None:
+    db.execute("ALTER TABLE rewards ADD COLUMN source TEXT NOT NULL DEFAULT 'client'")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS expired_events (event_id INTEGER PRIMARY KEY REFERENCES events(id), "
+        "expired_at FLOAT NOT NULL, window FLOAT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, "
+        "spec TEXT NOT NULL, device TEXT, done INTEGER NOT NULL DEFAULT 0, total INTEGER, output TEXT, "
+        "result TEXT, error TEXT, created_at FLOAT NOT NULL, started_at FLOAT, finished_at FLOAT)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+
+
+MIGRATIONS = {1: _v1, 2: _v2}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

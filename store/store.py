@@ -62,7 +62,9 @@ class _Connection(sqlite3.Connection):
 class Store:
     """One SQLite database: catalog (arms, tasks, models), events, rewards, posteriors, caches."""
 
-    def __init__(self, path: str | os.PathLike = "bandit.db", *, create: bool = True):
+    def __init__(self, path: str | os.PathLike = "bandit.db", *, create: bool = True, shared: bool = False):
+        """`shared`: the connection may be used from several threads, each use serialized by
+        the caller (the server's lock); otherwise only from the thread that opened it."""
         # a plain string path: pathlib is slow to import for a command that must start fast
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
@@ -74,7 +76,7 @@ class Store:
             raise StoreError(f"{self.path}: no such database (check --db or $BANDIT_DB)", kind="not_found")
         try:
             self.conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                        factory=_Connection)
+                                        factory=_Connection, check_same_thread=not shared)
             self.conn.db_path = self.path
             self.conn.row_factory = _row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -200,6 +202,11 @@ class Store:
             )
         except sqlite3.IntegrityError:
             raise StoreError(f"arm {name!r} exists already", kind="conflict") from None
+
+    def set_arm_prior_stats(self, name: str, schema: list[str], prior_A: bytes, prior_b: bytes) -> None:
+        """The statistics an arm's posterior starts from (rebuild replays rewards on top)."""
+        self.conn.execute("UPDATE arms SET prior_schema = ?, prior_A = ?, prior_b = ? WHERE name = ?",
+                          (json.dumps(schema), prior_A, prior_b, name))
 
     def set_arm_prior(self, name: str, prior_A: bytes) -> None:
         self.conn.execute("UPDATE arms SET prior_A = ? WHERE name = ?", (prior_A, name))

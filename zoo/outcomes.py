@@ -1,14 +1,15 @@
 """The zoo's outcome table: every ordered expert pair merged with every arm, evaluated.
 
-One row per ordered pair (A, B) of experts, in the outcome-table layout of DESIGN.md:
-`task` (`<task A>+<task B>`), `model_a`, `model_b`, `f:<feature>` columns (the similarity
-signals of `features/`, with the pair's probes), and `r:<arm>` — the retained-skill
-reward of that arm's merge. Merges and their scores are cached in the zoo folder, so a
-re-run only does what is new.
+One row per ordered pair (A, B) of experts, in the outcome-table format that
+`bandit.offline.outcomes` owns (version 2): `request` (one per unordered pair, whose two
+orders are its candidates), `task` (`<task A>+<task B>`), `model_a`, `model_b`,
+`f:<feature>` columns (the similarity signals of `features/`, with the pair's probes), and
+`r:<arm>` — the retained-skill reward of that arm's merge. The table is built by
+`bandit.offline.build` with the zoo's evaluator; merges and their scores are cached in the
+zoo folder, so a re-run only does what is new.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ from typing import Any
 from bandit.arms import DEFAULT_ARMS
 from zoo.manifest import Zoo
 
+# The tiny zoo's table (task, pair and rewards; no features), shipped as an optional prior:
+# `bandit fit --zoo`.
+PRIOR_TABLE = Path(__file__).with_name("prior-outcomes.csv")
 MERGE_SEED = 0  # the demo merges with the same seed, so its rewards match the table
 
 
@@ -123,13 +127,29 @@ def default_jobs(device: str) -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def _score_cell(zoo_root: str, operator: str, params: dict, a: str, b: str, device: str) -> dict[str, Any]:
-    import torch
+@dataclass(frozen=True)
+class ZooEvaluator:
+    """The zoo's evaluation of a merged folder: accuracy on both experts' tasks and the
+    retained-skill reward (what `bandit outcomes` calls with the folder and source names)."""
 
-    from zoo.manifest import load_zoo
+    root: str
 
-    torch.set_num_threads(1)
-    return merge_and_score(load_zoo(zoo_root), operator, params, a, b, device=device)
+    @property
+    def identity(self) -> str:
+        from zoo.manifest import load_zoo
+
+        return "zoo:" + json.dumps(load_zoo(self.root).manifest.get("recipe"), sort_keys=True)
+
+    def __call__(self, folder: str, a: str, b: str, label: str) -> dict[str, Any]:
+        from zoo.evaluate import evaluate_folder, retained_skill_reward
+        from zoo.manifest import load_zoo
+
+        zoo = load_zoo(self.root)
+        task_of = {zoo.expert_name(t): t for t in zoo.tasks}
+        task_a, task_b = task_of[a], task_of[b]
+        acc = evaluate_folder(folder, [task_a, task_b])
+        expert = {task_a: zoo.expert_accuracy(task_a), task_b: zoo.expert_accuracy(task_b)}
+        return {"accuracy": acc, "reward": retained_skill_reward(acc, expert)}
 
 
 def build_outcomes(
@@ -139,75 +159,33 @@ def build_outcomes(
 ) -> OutcomeSummary:
     """Build (or complete from the cache) the outcome table and write it to `out` (CSV or JSONL).
 
+    This is `bandit outcomes` (`bandit.offline.build`) over the zoo's experts with the zoo's
+    evaluator; each unordered pair is one request whose two candidates are its two orders.
     Features come first (cached in the zoo's features.db); the merges that are not in the
-    cache then run in `jobs` worker processes (default: `default_jobs(device)`)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from bandit.service.context import pair_features
+    cache then run in `jobs` worker processes (default: `default_jobs(device)`). The cache
+    keeps its zoo-specific keys, so tables measured before stay valid."""
+    from bandit.policies.base import ArmSpec
     from bandit.service import Service
 
-    cache_path = zoo.root / "outcomes-cache.json"
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    specs = [ArmSpec(arm, operator, params) for arm, operator, params in arms]
+    task_of = {zoo.expert_name(t): t for t in zoo.tasks}
     svc = Service(str(zoo.root / "features.db"))
     try:
         register_zoo(svc, zoo)
-        rows: list[dict[str, Any]] = []
-        fingerprints: dict[str, str] = {}
-        for a, b in zoo.pairs():
-            probes = None if structural_only else pair_probes(zoo, a, b)
-            feats = pair_features(svc.store, zoo.expert_name(a), zoo.expert_name(b), probes,
-                                  structural_only=structural_only, device=device,
-                                  fingerprints=fingerprints).features
-            row: dict[str, Any] = {"task": pair_task(a, b), "model_a": zoo.expert_name(a), "model_b": zoo.expert_name(b)}
-            row.update({f"f:{k}": v for k, v in feats.items()})
-            rows.append(row)
+        built = svc.build_outcomes(
+            [zoo.expert_name(t) for t in zoo.tasks], ZooEvaluator(str(zoo.root)), out, arms=specs,
+            cache_path=zoo.root / "outcomes-cache.json", task_of=lambda a, b: pair_task(task_of[a], task_of[b]),
+            jobs=jobs or default_jobs(device), device=device, structural_only=structural_only,
+            on_cell=None if on_cell is None else
+            (lambda a, b, arm, reward, cached: on_cell(task_of[a], task_of[b], arm, reward, cached)),
+            key_of=lambda a, b, arm: _cache_key(zoo, arm.name, arm.operator, dict(arm.params), task_of[a], task_of[b]),
+        )
     finally:
         svc.store.close()
-
-    cells = [(a, b, arm, operator, params, _cache_key(zoo, arm, operator, params, a, b))
-             for a, b in zoo.pairs() for arm, operator, params in arms]
-    todo = [c for c in cells if c[5] not in cache]
-    if on_cell is not None:
-        for a, b, arm, _, _, key in cells:
-            if key in cache:
-                on_cell(a, b, arm, cache[key]["reward"], True)
-    jobs = jobs or default_jobs(device)
-    try:
-        if jobs == 1:
-            for n, (a, b, arm, operator, params, key) in enumerate(todo, 1):
-                cache[key] = merge_and_score(zoo, operator, params, a, b, device=device)
-                if on_cell is not None:
-                    on_cell(a, b, arm, cache[key]["reward"], False)
-                if n % 16 == 0:  # keep what was measured if the run is interrupted
-                    _save_cache(cache_path, cache)
-        elif todo:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(_score_cell, str(zoo.root), op, params, a, b, device): (a, b, arm, key)
-                           for a, b, arm, op, params, key in todo}
-                for n, fut in enumerate(as_completed(futures), 1):
-                    a, b, arm, key = futures[fut]
-                    cache[key] = fut.result()
-                    if on_cell is not None:
-                        on_cell(a, b, arm, cache[key]["reward"], False)
-                    if n % 16 == 0:
-                        _save_cache(cache_path, cache)
-    finally:
-        _save_cache(cache_path, cache)
-    for row, (a, b) in zip(rows, zoo.pairs()):
-        for arm, operator, params in arms:
-            row[f"r:{arm}"] = cache[_cache_key(zoo, arm, operator, params, a, b)]["reward"]
-    summary = summarize(rows, [arm for arm, _, _ in arms])
-    summary.merges_run, summary.merges_cached = len(todo), len(cells) - len(todo)
-    if out is not None:
-        write_table(rows, out)
-        summary.path = str(out)
+    summary = summarize(built["records"], [s.name for s in specs])
+    summary.merges_run, summary.merges_cached = built["merges_run"], built["merges_cached"]
+    summary.path = built["path"]
     return summary
-
-
-def _save_cache(path: Path, cache: dict) -> None:
-    from bandit.files import write_atomically
-
-    write_atomically(path, json.dumps(cache, indent=1, sort_keys=True).encode())
 
 
 def summarize(rows: list[dict[str, Any]], arms: list[str]) -> OutcomeSummary:
@@ -223,19 +201,3 @@ def summarize(rows: list[dict[str, Any]], arms: list[str]) -> OutcomeSummary:
             if r[f"r:{arm}"] == top:
                 wins[arm] += 1
     return OutcomeSummary(n, arms, means, oracle, best, means[best], wins, table=rows)
-
-
-def write_table(rows: list[dict[str, Any]], out: str | os.PathLike) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".jsonl", ".ndjson"):
-        with open(out, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        return
-    fields = list(rows[0]) if rows else ["task", "model_a", "model_b"]
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})

@@ -238,11 +238,101 @@ class Service:
                            progress=progress)
         return Features(model_a, model_b, pf.cached, pf.features)
 
+    @_one_error_family
+    def all_pair_features(self, models=None, *, task=None, structural_only=False, device="auto", progress=False,
+                          memory_budget="1GB"):
+        """Features of every ordered pair of `models` (default: each base's registered
+        fine-tunes), the pairs not cached computed together: one read and one forward pass per
+        model. `memory_budget` (bytes or '1GB') bounds one tensor of every model at once."""
+        from bandit.service.context import catalog_features, catalogs, task_probes
+        from bandit.service.records import Features
+        from merging.errors import MergeError
+        from merging.writer import parse_size
+
+        try:
+            budget = parse_size(memory_budget)
+        except MergeError:
+            raise InvalidInput(f"memory budget {memory_budget!r} not understood (e.g. 1GB, 512MB, 2GiB, or bytes)") from None
+        probes = None
+        if task is not None and not structural_only:
+            if self.store.task(task) is None:
+                raise NotFound(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+            probes = task_probes(self.store, task)
+        out = []
+        for names in catalogs(self.store, models):
+            pairs = catalog_features(self.store, names, probes, structural_only=structural_only, device=device,
+                                     progress=progress, memory_budget=budget)
+            out += [Features(pf.model_a, pf.model_b, pf.cached, pf.features) for pf in pairs.values()]
+        return out
+
     def arm_specs(self) -> dict:
         """Every arm registered here as an ArmSpec (replay describes table arms by them)."""
         from bandit.policies.base import ArmSpec
 
         return {a["name"]: ArmSpec(a["name"], a["operator"], a["params"]) for a in self.store.arms()}
+
+    # -- outcome tables and priors -------------------------------------------------------
+    @_one_error_family
+    def build_outcomes(self, models, evaluator, out, *, task=None, jobs=1, cache_path=None, structural_only=False,
+                       device="auto", on_cell=None, task_of=None, key_of=None, arms=None):
+        """`bandit outcomes`: merge every ordered pair of `models` with every active arm (or
+        `arms`), score each merge with `evaluator` (see `bandit.offline.build`), write the
+        table to `out`. Pair features come from `task`'s probes (or `task_of(a, b)`'s, per
+        pair), computed and cached here. Returns the table's summary with the merge counts."""
+        from bandit.offline.build import build_table
+        from bandit.offline.outcomes import read_outcomes, summarize_table
+        from bandit.service.catalog import model_row
+        from bandit.service.context import common_base, pair_features, task_probes
+
+        if task is not None and self.store.task(task) is None:
+            raise NotFound(f"unknown task {task!r}: add it with `bandit tasks add {task} --probes FILE`")
+        models = list(models)
+        dupes = sorted({m for m in models if models.count(m) > 1})
+        if dupes:
+            raise InvalidInput(f"--models lists {dupes[0]!r} twice")
+        base = common_base(self.store, models) if len(models) >= 2 else None
+        paths = {m: model_row(self.store, m)["path"] for m in models}
+        if arms is None:
+            specs = self.arm_specs()
+            arms = [specs[a["name"]] for a in self.store.arms() if a["status"] == "active"]
+        fingerprints: dict[str, str] = {}
+
+        def features_of(a, b, pair_task):
+            probes = None if structural_only else task_probes(self.store, pair_task)
+            return pair_features(self.store, a, b, probes, structural_only=structural_only, device=device,
+                                 fingerprints=fingerprints).features
+
+        built = build_table(paths, base["path"] if base else "", arms, evaluator,
+                            cache_path or f"{out}.cache.json", features_of,
+                            task_of=task_of or (lambda a, b: task or "default"), out=out, jobs=jobs, device=device,
+                            key_of=key_of, on_cell=on_cell)
+        summary = summarize_table(read_outcomes(out)).to_dict() if out is not None else None
+        return {**(summary or {}), "path": None if out is None else str(out), "merges_run": built.merges_run,
+                "merges_cached": built.merges_cached, "records": built.records}
+
+    @_one_error_family
+    def fit_prior(self, prior, replace: bool = False) -> dict:
+        """Load a prior fitted on an outcome table into the ridge posteriors (`bandit fit`)."""
+        from bandit.service.catalog import current_lambda
+        from bandit.service.prior import load_prior
+
+        self._ready()
+        record = load_prior(self.store, prior, current_lambda(self.store), replace=replace)
+        if self._live is not None:
+            self._live.forget()
+        return {**record, "policy": self.store.get_setting("policy")}
+
+    @_one_error_family
+    def clear_prior(self):
+        """Take a loaded prior back out; returns what was loaded (None: nothing was)."""
+        from bandit.service.catalog import current_lambda
+        from bandit.service.prior import clear_prior
+
+        self._ready()
+        gone = clear_prior(self.store, current_lambda(self.store))
+        if self._live is not None:
+            self._live.forget()
+        return gone
 
     # -- derived views -------------------------------------------------------------------
     @_one_error_family

@@ -16,26 +16,9 @@ from bandit.errors import BanditError, NotFound
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+/-]*$")
 
 
-def check_compatible(base, model) -> None:
-    """Same tensor names and shapes, except an lm_head that a tied config may leave out."""
-    from merging.errors import CheckpointError
-
-    b_names, m_names = set(base.tensors), set(model.tensors)
-    for name in sorted(b_names ^ m_names):
-        if name.startswith("lm_head.") and (base.tie_word_embeddings or model.tie_word_embeddings):
-            continue
-        side = model.path if name in b_names else base.path
-        raise CheckpointError(f"architecture mismatch: tensor {name!r} is missing from {side}")
-    for name in sorted(b_names & m_names):
-        if base.tensors[name].shape != model.tensors[name].shape:
-            raise CheckpointError(
-                f"architecture mismatch: tensor {name!r} has shape {list(model.tensors[name].shape)} in "
-                f"{model.path} but {list(base.tensors[name].shape)} in {base.path}"
-            )
-
-
 def add_model(store, name: str, path: str, base: str | None = None) -> dict[str, Any]:
     """Register (or re-register) a checkpoint folder under NAME, optionally as a fine-tune of BASE."""
+    from merging.architecture import check_same_architecture
     from merging.checkpoint import Checkpoint
 
     if not _NAME.match(name or ""):
@@ -48,7 +31,7 @@ def add_model(store, name: str, path: str, base: str | None = None) -> dict[str,
         base_row = store.model(base)
         if base_row is None:
             raise NotFound(f"unknown base model {base!r}: register it first with `bandit models add {base} PATH`")
-        check_compatible(Checkpoint(base_row["path"]), ckpt)
+        check_same_architecture(Checkpoint(base_row["path"]), [ckpt])
     summary = {
         "model_type": ckpt.config.get("model_type"),
         "architectures": ckpt.config.get("architectures"),
@@ -141,6 +124,10 @@ def add_arm(store, name: str, operator: str, params: dict[str, Any], warm_start_
         store.insert_arm(name, operator, params, warm_start_from=warm_start_from,
                          shrink=shrink if warm_start_from else None, prior=prior)
         put_prior(store, name, lam)
+        if warm_start_from is None:
+            from bandit.service.prior import give_new_arm
+
+            give_new_arm(store, name, lam)  # a prior loaded by `bandit fit` that knows this arm
 
 
 def retire_arm(store, name: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bandit.service.catalog import model_row
-from bandit.errors import BanditError
+from bandit.errors import BanditError, InvalidInput
 
 
 @dataclass
@@ -84,3 +84,71 @@ def task_probes(store, task: str) -> list[str] | None:
     """The task's probe texts, or None for the built-in generic set."""
     row = store.task(task)
     return row["probes"] if row and row["probes"] else None
+
+
+def catalog_features(
+    store, names: list[str], probes: list[str] | None, *, structural_only: bool = False, device: str = "auto",
+    progress: bool = False, fingerprints: dict[str, str] | None = None, memory_budget: int | None = None,
+) -> dict[tuple[str, str], PairFeatures]:
+    """Features of every ordered pair of `names` (registered fine-tunes of one base), from the
+    cache or, for the pairs it misses, computed all at once (`features.compute_all_pairs`: one
+    read and one forward pass per model, not per pair) and cached. The per-model probe outputs
+    are kept in `cache/` next to the database."""
+    from features import FEATURE_SET, FEATURE_VERSION, compute_all_pairs, probe_hash
+    from features.probe_outputs import ProbeOutputCache, default_cache_root
+    from merging.checkpoint import Checkpoint
+
+    if len(set(names)) != len(names):
+        raise InvalidInput("a model is named twice")
+    base = common_base(store, names)
+    rows = {n: model_row(store, n) for n in names}
+    known = fingerprints if fingerprints is not None else {}
+    for path in [base["path"], *(r["path"] for r in rows.values())]:
+        if path not in known:
+            known[path] = Checkpoint(path).fingerprint()
+    fp = {n: known[r["path"]] for n, r in rows.items()}
+    fp_base = known[base["path"]]
+    p_hash = "" if structural_only else probe_hash(probes)
+
+    def key(a: str, b: str) -> str:
+        return cache_key(fp[a], fp[b], fp_base, p_hash, FEATURE_SET, FEATURE_VERSION, structural_only)
+
+    out: dict[tuple[str, str], PairFeatures] = {}
+    for a in names:
+        for b in names:
+            if a != b and (cached := store.cached_features(key(a, b))) is not None:
+                out[(a, b)] = PairFeatures(a, b, cached, True)
+    # Only the models of the missing pairs are read (all pairs among them come for free).
+    missing = sorted({m for a in names for b in names if a != b and (a, b) not in out for m in (a, b)},
+                     key=names.index)
+    if not missing:
+        return out
+    cache = ProbeOutputCache(default_cache_root(None if store.path == ":memory:" else store.path))
+    computed = compute_all_pairs(base["path"], {m: rows[m]["path"] for m in missing}, probes,
+                                 structural_only=structural_only, device=device, progress=progress,
+                                 memory_budget=memory_budget, cache=cache, fingerprints=known)
+    common = {"base": base["name"], "fp_base": fp_base, "probe_hash": p_hash, "feature_set": FEATURE_SET,
+              "version": FEATURE_VERSION}
+    with store.transaction():
+        for (a, b), values in computed.items():
+            store.put_features(key(a, b), {"model_a": a, "model_b": b, "fp_a": fp[a], "fp_b": fp[b], **common}, values)
+            out.setdefault((a, b), PairFeatures(a, b, values, False))
+    return {(a, b): out[(a, b)] for a in names for b in names if a != b}
+
+
+def catalogs(store, models: list[str] | None) -> list[list[str]]:
+    """The model lists to pair: `models` as given, else each base's registered fine-tunes
+    (bases with fewer than two are skipped)."""
+    if models:
+        if len(models) < 2:
+            raise InvalidInput("all pairs need at least two models (--models A B [C ...])")
+        return [list(models)]
+    by_base: dict[str, list[str]] = {}
+    for row in store.models():
+        if row["base"] is not None:
+            by_base.setdefault(row["base"], []).append(row["name"])
+    found = [names for names in by_base.values() if len(names) >= 2]
+    if not found:
+        raise InvalidInput("no base has two registered fine-tunes: register them with "
+                           "`bandit models add NAME PATH --base BASE`")
+    return found

@@ -89,7 +89,7 @@ def propose(
 def merge_contexts(store, task: str, models: Sequence[str], *, structural_only: bool, device: str,
                    progress: bool) -> tuple[list[dict[str, float]], list[tuple[str, str]], list[tuple[str, list[str]]]]:
     """Features for every ordered pair of `models` (cached), the pairs, and what each would merge."""
-    from bandit.service.context import common_base, pair_features, task_probes
+    from bandit.service.context import catalog_features, common_base, task_probes
 
     models = list(models)
     if len(models) < 2:
@@ -100,12 +100,10 @@ def merge_contexts(store, task: str, models: Sequence[str], *, structural_only: 
     probes = None if structural_only else task_probes(store, task)
     pairs = [(a, b) for a in models for b in models if a != b]
     paths = {m: store.model(m)["path"] for m in models}
-    fingerprints: dict[str, str] = {}
-    contexts = [
-        pair_features(store, a, b, probes, structural_only=structural_only, device=device,
-                      progress=progress, fingerprints=fingerprints).features
-        for a, b in pairs
-    ]
+    # Every pair from one read (and one forward pass) per model, not three per pair.
+    by_pair = catalog_features(store, models, probes, structural_only=structural_only, device=device,
+                               progress=progress)
+    contexts = [by_pair[pair].features for pair in pairs]
     inputs = [(base["path"], [paths[a], paths[b]]) for a, b in pairs]
     return contexts, pairs, inputs
 
