@@ -8,6 +8,9 @@ The rules, for the CLI and the HTTP server alike:
   reward, so 10⁹ rewards stay far below float64's 1.8e308. A value outside is refused at
   the door (propose, reward), never stored; before this bound a single
   `-f a=1e200` made every later propose of that database fail for good.
+- a context has at most MAX_CONTEXT_FEATURES (256) features: each feature name adds a row
+  and a column to every arm's statistics, so an unbounded context (60k names) would make
+  the first reward allocate tens of GB.
 - event ids are whole numbers 1 ≤ id < 2⁶³ (SQLite's INTEGER).
 - seeds are whole numbers 0 ≤ seed < 2⁶³: numpy's generators take any non-negative
   integer, SQLite stores up to 2⁶³ − 1, and a random seed is drawn from 63 bits.
@@ -25,6 +28,7 @@ MAX_ABS_VALUE = 1e6
 MAX_ID = 2**63  # exclusive
 MAX_SEED = 2**63  # exclusive
 MAX_NAME_LENGTH = 200
+MAX_CONTEXT_FEATURES = 256
 
 _DIGITS = frozenset("0123456789")
 _DECIMAL_CHARS = frozenset("0123456789+-.eE")
@@ -128,6 +132,8 @@ def check_context(context: object) -> dict[str, float]:
     """A context as the policies take it: feature name → finite number within ±MAX_ABS_VALUE."""
     if not isinstance(context, dict):
         raise InvalidInput("a context is an object of feature name: number")
+    if len(context) > MAX_CONTEXT_FEATURES:
+        raise InvalidInput(f"a context has at most {MAX_CONTEXT_FEATURES} features, got {len(context)}")
     out: dict[str, float] = {}
     for k, v in context.items():
         check_name(k, "feature")

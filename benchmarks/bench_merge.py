@@ -70,8 +70,8 @@ def folder_bytes(path: Path) -> int:
 
 
 def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> tuple[float, float]:
-    """Read every input's weight files once and write out_bytes once, in 64 MB blocks.
-    Returns (wall seconds, CPU seconds)."""
+    """Read every input's weight files once and write out_bytes once (fsynced), in 64 MB
+    blocks. Returns (wall seconds, CPU seconds)."""
     block = bytearray(64 << 20)
     view = memoryview(block)
     started = time.perf_counter()
@@ -81,12 +81,14 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> tuple[float, 
             with open(f, "rb", buffering=0) as fh:
                 while fh.readinto(view):
                     pass
-    with open(scratch, "wb", buffering=0) as fh:  # written, not synced: as the merges do
+    with open(scratch, "wb", buffering=0) as fh:
         left = out_bytes
         while left > 0:
             n = min(left, len(block))
             fh.write(view[:n])
             left -= n
+        # Synced, as a merge syncs its output before renaming it into place.
+        os.fsync(fh.fileno())
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     scratch.unlink()

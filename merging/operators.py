@@ -372,6 +372,9 @@ def linear_merge(base, tensors, params):
     compute = getattr(params, "compute_dtype", None) or tensors[0].dtype
     out_dtype = getattr(params, "out_dtype", None) or compute
     divisor = sum(weights) if params["normalize"] else None
+    # x * 1 and x / 1 are exact in IEEE arithmetic: those passes can be skipped.
+    if divisor == 1.0:
+        divisor = None
     flats = [t.reshape(-1) for t in tensors]
     n = flats[0].numel()
     result = torch.empty(n, dtype=out_dtype, device=flats[0].device)
@@ -382,7 +385,8 @@ def linear_merge(base, tensors, params):
         stop = min(n, start + LINEAR_CHUNK)
         acc = acc_buffer[: stop - start] if own else result[start:stop]
         acc.copy_(flats[0][start:stop])
-        acc.mul_(weights[0])
+        if weights[0] != 1.0:
+            acc.mul_(weights[0])
         for flat, w in zip(flats[1:], weights[1:]):
             piece = flat[start:stop]
             if piece.dtype != compute:

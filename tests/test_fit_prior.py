@@ -123,3 +123,28 @@ def test_the_zoo_table_ships_as_a_prior_for_the_default_arms(tmp_path):
     assert rec["prior"]["level"] == pytest.approx(shipped.R.mean())
     worst = min(rec["prior"]["offsets"], key=rec["prior"]["offsets"].get)
     assert worst == shipped.arms[int(np.argmin(shipped.R.mean(axis=0)))]
+
+
+def test_an_arm_added_after_the_fit_starts_from_the_prior(tmp_path):
+    db = str(tmp_path / "b.db")
+    table = tmp_path / "t.csv"
+    # a table with a column for an arm the database does not have yet
+    table.write_text("task,r:linear,r:ties_dense\na,0.4,0.7\nb,0.2,0.5\n")
+    rec = json.loads(run("fit", "--outcomes", str(table), "--db", db, "--json").output)
+    assert sorted(rec["applied"]) == ["linear"]
+    assert run("arms", "add", "ties_dense", "-o", "ties", "-p", "density=0.9", "--db", db).exit_code == 0
+    assert run("arms", "add", "other", "-o", "ties", "-p", "density=0.3", "--db", db).exit_code == 0
+    post = live(db)
+    m = rec["prior"]["strength"]
+    assert post["ties_dense"][0][0] == pytest.approx(1.0 + m)
+    assert post["ties_dense"][1][0] == pytest.approx(m * (0.45 + 0.15))
+    assert post["other"][0][0] == 1.0 and post["other"][1][0] == 0.0
+    run("propose", "-t", "x", "--context-json", '{"s": 0.5}', "--seed", "2", "--db", db)
+    assert run("reward", "1", "0.6", "--db", db).exit_code == 0
+    assert json.loads(run("rebuild", "--check", "--db", db, "--json").output)["mismatched"] == []
+    assert json.loads(run("fit", "--clear", "--db", db, "--json").output)["cleared"]["applied"]["ties_dense"][0] == m
+    from store import Store
+
+    with Store(db) as st:  # its starting statistics are λI again
+        assert np.frombuffer(st.arm("ties_dense")["prior_A"], "<f8")[0] == 1.0
+        assert np.frombuffer(st.arm("ties_dense")["prior_b"], "<f8")[0] == pytest.approx(0.0, abs=1e-15)

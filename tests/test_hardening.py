@@ -57,6 +57,8 @@ BIG = "1" * 400
         (("propose", "--task", "t", "--context-json", f'{{"a": {BIG}}}'), "outside the accepted range"),
         (("propose", "--task", "t", "--context-json", '{"a": 1e308}'), "outside the accepted range"),
         (("propose", "--task", "t", "--context-json", '{"a": true}'), "must be a finite number"),
+        (("propose", "--task", "t", "--context-json", json.dumps({f"f{i}": 0.5 for i in range(257)})),
+         "at most 256 features"),
         (("reward", "2", "1e308"), "outside the accepted range"),
         (("reward", "2", "-1000001"), "outside the accepted range"),
         (("reward", "2", "1_0"), "not a number"),
@@ -131,7 +133,7 @@ def test_read_only_database(run, monkeypatch, args):
 def test_full_disk(run, monkeypatch):
     _fill_db(run)
     _after_open(monkeypatch, "full")
-    big = json.dumps({f"feature_{i}": 0.5 for i in range(400)})
+    big = json.dumps({f"feature_{i}_" + "x" * 150: 0.5 for i in range(250)})  # within the 256-feature bound
     _fails_cleanly(run, ("propose", "--task", "t", "--context-json", big), "disk is full")
 
 

@@ -119,6 +119,11 @@ def test_merge_event_and_cli_flow(svc, tmp_path):
     assert res.exit_code == 0, res.output
     first, second = load_tensors(tmp_path / "merged"), load_tensors(tmp_path / "again")
     assert first.keys() == second.keys()
+    # The model card names the proposal that chose the merge.
+    card = (tmp_path / "again" / "README.md").read_text()
+    event = Store(db).event(p["event_id"])
+    assert f"event id: {p['event_id']}" in card and f"policy: {event['policy']}" in card
+    assert f"predicted reward: {event['predicted']}" in card
     for k in first:
         assert torch.equal(first[k], second[k])
     res = runner.invoke(main, ["reward", str(p["event_id"]), "0.6", "--db", db])

@@ -161,3 +161,31 @@ def test_recipe_with_models_not_a_list_is_refused_before_any_work(tmp_path):
     with pytest.raises(MergeError) as e:
         Recipe.load(path)
     assert "models must be a list" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shards_index_and_side_files_are_fsynced_before_the_rename(pair, tmp_path, monkeypatch):
+    import merging.output as output
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    real_rename = Path.rename
+    renamed_after: list[int] = []
+
+    def rename(self, target):
+        renamed_after.append(len(synced))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(output.os, "fsync", record)
+    monkeypatch.setattr(Path, "rename", rename)
+    out = tmp_path / "m"
+    run_merge(Recipe.from_arm("linear", {}, [pair["ft"]]), out, progress=False, device="cpu", shard_size="20KB")
+    written = {p.name for p in out.iterdir()}
+    assert "model.safetensors.index.json" in written
+    before_rename = set(synced[: renamed_after[0]])
+    assert written <= before_rename, written - before_rename
+    assert any(name.startswith(".m.partial-") for name in before_rename)  # the folder itself

@@ -504,3 +504,18 @@ def test_linear_on_stored_dtypes_is_bit_identical_to_the_float32_formula():
     assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
     got32 = get_operator("linear").function(None, [t.float() for t in tensors], OperatorParams(params, "w"))
     assert got32.dtype == torch.float32 and torch.equal(got32, want)
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.3, 0.2], [1.0, 0.25, 0.5], [1.0, 1.0, 1.0]])
+def test_linear_skipped_unit_passes_change_no_bit(weights):
+    # Weights summing to exactly 1 (no division) or a first weight of 1 (no product) must
+    # give the same bits as the full formula, in float32 and in bfloat16 out.
+    g = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(5000, generator=g) for _ in range(3)]
+    want = tensors[0] * weights[0]
+    for t, w in zip(tensors[1:], weights[1:]):
+        want.add_(t, alpha=w)
+    want /= sum(weights)
+    params = validate_params("linear", {"weight": weights}, 3)
+    got = get_operator("linear").function(None, tensors, OperatorParams(params, "w"))
+    assert torch.equal(got, want)

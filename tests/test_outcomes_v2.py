@@ -182,3 +182,31 @@ def test_a_live_centred_prior_is_applied_after_one_reward_per_arm_around_their_m
         prior_module.apply_prior = original
     assert seen["arms"] == t.arms
     assert seen["level"] == pytest.approx(run.reward[:k].mean())
+
+
+def test_replay_cli_passes_prior_and_grouping(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    table = tmp_path / "hand.csv"
+    table.write_text(HAND)
+    v1 = tmp_path / "v1.csv"
+    v1.write_text("task,model_a,model_b,r:x,r:y\nt,A,B,0.5,0.2\nt,B,A,0.6,0.3\nu,C,D,0.3,0.25\nu,D,C,0.2,0.9\n")
+    args = ["replay", "--outcomes", str(table), "-p", "fixed:x", "--seeds", "2", "--passes", "3",
+            "--prior", str(v1), "--db", str(tmp_path / "none.db"), "--json"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    assert (rep["requests"], rep["rounds"], rep["passes"]) == (2, 6, 3)
+    assert [p["policy"] for p in rep["policies"]] == ["fixed:x", "fixed:x +prior"]
+    assert rep["best_fixed_arm_best_candidate"] == "y"
+    assert rep["prior"]["offsets"]["x"] == pytest.approx(0.4 - 0.40625)  # x .4, y .4125 on the prior table
+    grouped = CliRunner().invoke(main, ["replay", "--outcomes", str(v1), "--group-orders", "-p", "random",
+                                        "--seeds", "2", "--db", str(tmp_path / "none.db"), "--json"])
+    assert json.loads(grouped.output)["requests"] == 2
+    bad = CliRunner().invoke(main, ["replay", "--logged", "x.jsonl", "--passes", "2", "--db", str(tmp_path / "n.db")])
+    assert bad.exit_code == 1 and "apply to --outcomes only" in bad.output
+    assert not (tmp_path / "none.db").exists()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_CONTEXT_FEATURES = 256
+from bandit.inputs import MAX_CONTEXT_FEATURES  # one bound for the CLI and the server
 
 Scalar = float | int | bool | str
 ParamValue = Scalar | list[float | int | bool | str]

@@ -124,6 +124,10 @@ def add_arm(store, name: str, operator: str, params: dict[str, Any], warm_start_
         store.insert_arm(name, operator, params, warm_start_from=warm_start_from,
                          shrink=shrink if warm_start_from else None, prior=prior)
         put_prior(store, name, lam)
+        if warm_start_from is None:
+            from bandit.service.prior import give_new_arm
+
+            give_new_arm(store, name, lam)  # a prior loaded by `bandit fit` that knows this arm
 
 
 def retire_arm(store, name: str) -> None:

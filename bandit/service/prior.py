@@ -4,7 +4,8 @@ The prior (see `bandit.offline.prior`) is written where rebuild reads an arm's s
 statistics — the arm's `prior_A`/`prior_b` — and added to its live posterior in the same
 transaction, so `bandit rebuild` recomputes exactly what the live service holds. The fitted
 numbers and what was added to each arm are recorded in the `outcome_prior` setting, which is
-what `--clear` takes back out. Arms the table has no column for are left as they were.
+what `--clear` takes back out. Arms the table has no column for are left as they were; an
+arm added later starts from the prior when the table has its column (`give_new_arm`).
 
 The level: the live mean reward when the database holds at least as many rewards as arms
 (fit after a first round of rewards, and the prior speaks the target's scale), else the
@@ -91,3 +92,22 @@ def load_prior(store, prior, default_lam: float, replace: bool = False) -> dict[
                   "columns_without_arm": sorted(set(prior.offsets) - arms)}
         store.set_setting(SETTING, record)
     return record
+
+
+def give_new_arm(store, arm: str, lam: float) -> bool:
+    """An arm added after `bandit fit` starts from the loaded prior too, when the table had
+    its column (a warm-started arm has its donor's statistics instead). Call inside the
+    transaction that inserts the arm. Returns whether it got the prior."""
+    loaded = store.get_setting(SETTING)
+    if loaded is None or arm in loaded["applied"]:
+        return False
+    prior = loaded["prior"]
+    if arm not in prior["offsets"] or prior["strength"] <= 0:
+        return False
+    dA = prior["strength"]
+    db = dA * (prior["level"] + prior["offsets"][arm])
+    _shift(store, arm, lam, dA, db)
+    loaded["applied"][arm] = [dA, db]
+    loaded["arms_without_column"] = [a for a in loaded["arms_without_column"] if a != arm]
+    store.set_setting(SETTING, loaded)
+    return True

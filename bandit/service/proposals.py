@@ -120,4 +120,8 @@ def merge_event(store, event_id: int | str, out_dir: str, *, device: str = "auto
         raise NotFound(f"no event {event_id}")
     if event["model_a"] is None or "models" not in (event["recipe"] or {}):
         raise InvalidInput(f"event {event_id} was proposed without models (a context-only proposal): nothing to merge")
-    return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress, **engine_options)
+    # The model card of the output names the proposal that chose this merge.
+    provenance = {"event_id": event_id, "policy": event.get("policy"), "arm": event.get("arm"),
+                  "predicted_reward": event.get("predicted")}
+    return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress,
+                     provenance={k: v for k, v in provenance.items() if v is not None}, **engine_options)
