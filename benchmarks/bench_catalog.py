@@ -131,7 +131,6 @@ def functional(args, workdir: Path) -> None:
     import feature_models as fm
     from features.functional import functional_features
     from features.functional_all import functional_all_pairs
-    from features.order import reverse  # noqa: F401  (the pairwise side gets (B, A) from both_orders)
     from features.probe_outputs import ProbeOutputCache
 
     torch.set_num_threads(1)

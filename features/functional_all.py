@@ -45,6 +45,8 @@ OUTPUTS_VERSION = 1
 # Vocabularies up to this size are cached whole (exact features); larger ones as top-k.
 EXACT_VOCAB_MAX = 4096
 TOPK_LOGPROBS = 256
+# All models' outputs are held for the pairwise step up to this; beyond, read back per pair.
+DEFAULT_OUTPUTS_BUDGET = 2 * 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class ModelOutputs:
     top_ids: object = None   # positions × k, int64, most likely first (compact form)
     top_logp: object = None  # positions × k, float32, their exact log-probabilities
     vocab: int = 0
+    key: object = None       # its probe-output cache entry, to read it again
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.hidden, self.logp, self.top_ids, self.top_logp)
+                   if t is not None)
 
     @property
     def exact(self) -> bool:
@@ -108,14 +116,9 @@ def model_outputs(folder: str, inputs: ProbeInputs, device, cache, *, fingerprin
                                  f"{inputs.digest}|{form}|{exact_vocab_max}")
             for form in ("exact", f"top{topk}")}
     for key in keys.values():
-        entry = cache.load(key)
-        if entry is not None:
-            arrays, meta = entry
-            hidden = torch.from_numpy(arrays["hidden"])
-            if "logp" in arrays:
-                return ModelOutputs(hidden, logp=torch.from_numpy(arrays["logp"]), vocab=meta["vocab"]), False
-            return ModelOutputs(hidden, top_ids=torch.from_numpy(arrays["top_ids"]).long(),
-                                top_logp=torch.from_numpy(arrays["top_logp"]), vocab=meta["vocab"]), False
+        out = cached_outputs(cache, key)
+        if out is not None:
+            return out, False
 
     model = _load_model(folder, device)
     logps, hiddens = [], []
@@ -131,15 +134,31 @@ def model_outputs(folder: str, inputs: ProbeInputs, device, cache, *, fingerprin
     meta = {"folder": str(folder), "positions": int(logp.shape[0]), "vocab": vocab,
             "layers": int(hidden.shape[0]), "hidden_size": int(hidden.shape[2])}
     if vocab <= exact_vocab_max:
-        out = ModelOutputs(hidden, logp=logp, vocab=vocab)
+        out = ModelOutputs(hidden, logp=logp, vocab=vocab, key=keys["exact"])
         cache.store(keys["exact"], {"logp": logp.numpy(), "hidden": hidden.numpy()}, {**meta, "form": "exact"})
     else:
         top = torch.topk(logp, min(topk, vocab), dim=1)  # sorted, most likely first
-        out = ModelOutputs(hidden, top_ids=top.indices, top_logp=top.values.contiguous(), vocab=vocab)
+        out = ModelOutputs(hidden, top_ids=top.indices, top_logp=top.values.contiguous(), vocab=vocab,
+                           key=keys[f"top{topk}"])
         cache.store(keys[f"top{topk}"], {"top_ids": top.indices.to(torch.int32).numpy(),
                                          "top_logp": out.top_logp.numpy(), "hidden": hidden.numpy()},
                     {**meta, "form": f"top{topk}"})
     return out, True
+
+
+def cached_outputs(cache, key) -> ModelOutputs | None:
+    """The outputs stored under `key`, or None."""
+    import torch
+
+    entry = cache.load(key)
+    if entry is None:
+        return None
+    arrays, meta = entry
+    hidden = torch.from_numpy(arrays["hidden"])
+    if "logp" in arrays:
+        return ModelOutputs(hidden, logp=torch.from_numpy(arrays["logp"]), vocab=meta["vocab"], key=key)
+    return ModelOutputs(hidden, top_ids=torch.from_numpy(arrays["top_ids"]).long(),
+                        top_logp=torch.from_numpy(arrays["top_logp"]), vocab=meta["vocab"], key=key)
 
 
 # -- divergences from the compact (top-k) form ------------------------------------------------
@@ -285,10 +304,13 @@ def functional_all_pairs(base: str, models: dict[str, str], probes: list[str] | 
                          device: str = "auto", tokenizer: str | None = None, cache=None,
                          fingerprints: dict[str, str] | None = None, max_tokens: int = MAX_TOKENS,
                          batch_size: int = BATCH_SIZE, progress: bool = False,
-                         exact_vocab_max: int = EXACT_VOCAB_MAX, topk: int = TOPK_LOGPROBS) -> FunctionalCatalog:
+                         exact_vocab_max: int = EXACT_VOCAB_MAX, topk: int = TOPK_LOGPROBS,
+                         memory_budget: int = DEFAULT_OUTPUTS_BUDGET) -> FunctionalCatalog:
     """Functional features of every ordered pair of `models` ({name: folder}) over `base`.
 
-    Loads each model (and the base) at most once, none when their outputs are cached.
+    Loads each model (and the base) at most once, none when their outputs are cached. When all
+    models' outputs together exceed `memory_budget` bytes, they are kept on disk (in the cache)
+    and read back pair by pair, two at a time, instead of held.
     `cache`: a `ProbeOutputCache` (default: the one under $SIMMERGE_HOME). `fingerprints`:
     {folder: fingerprint} already known to the caller."""
     from pathlib import Path
@@ -331,22 +353,44 @@ def functional_all_pairs(base: str, models: dict[str, str], probes: list[str] | 
 
         base_out = outputs(base)
         per_model, kl_base, entropy = {}, {}, {}
+        held, spilled = 0, False
         for name, folder in models.items():
             out = outputs(folder)
             if (out.vocab, out.positions) != (base_out.vocab, base_out.positions):
                 raise FeatureError(f"models differ in vocabulary ({name!r} vs the base): {out.vocab} vs "
                                    f"{base_out.vocab}; functional features need the same tokenizer and architecture")
-            per_model[name] = out
             kl_base[name] = squash(float(_kl_positions(out, base_out).mean()))
             entropy[name] = _mean_entropy(out)
+            held += out.nbytes
+            if spilled:
+                per_model[name] = out.key
+            elif held > memory_budget:
+                # From here on, outputs are read back from the cache when a pair needs them.
+                spilled = True
+                per_model = {n: o.key for n, o in per_model.items()}
+                per_model[name] = out.key
+            else:
+                per_model[name] = out
     finally:
         if bar is not None:
             bar.close()
+    del base_out
+
+    def get(name: str) -> ModelOutputs:
+        value = per_model[name]
+        if isinstance(value, ModelOutputs):
+            return value
+        out = cached_outputs(cache, value)
+        if out is None:
+            raise FeatureError(f"the probe-output cache lost the entry of {name!r} while in use ({cache.root})")
+        return out
+
     names = list(models)
     pairs = {}
-    for i, a in enumerate(names):
+    for i, a in enumerate(names[:-1]):
+        out_a = get(a)
         for b in names[i + 1:]:
-            ab, ba = pair_from_outputs(per_model[a], per_model[b], kl_base_a=kl_base[a], kl_base_b=kl_base[b],
+            ab, ba = pair_from_outputs(out_a, get(b), kl_base_a=kl_base[a], kl_base_b=kl_base[b],
                                        entropy_a=entropy[a], entropy_b=entropy[b])
             pairs[(a, b)], pairs[(b, a)] = ab, ba
     return FunctionalCatalog(pairs, loads)

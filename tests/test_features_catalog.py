@@ -322,3 +322,19 @@ def test_topk_cache_gives_the_stated_bounds_around_the_exact_values(catalog, sha
                                  exact_vocab_max=0, topk=k)
     assert pairs.model_loads == 1  # a and b were cached in this form above: only the base runs
     assert pairs.pairs[("a", "b")]["kl_mean"] <= want["kl_mean"] + 1e-9
+
+
+def test_outputs_over_the_memory_budget_are_read_back_per_pair(catalog, shared_cache):
+    """With a budget too small to hold them, the models' outputs go back to the cache and are
+    read per pair: the same features, no model run twice."""
+    from features.functional_all import functional_all_pairs
+
+    base, models = catalog
+    models = {k: models[k] for k in ("a", "b", "c")}
+    held = functional_all_pairs(base, models, PROBES, device="cpu", cache=shared_cache)
+    before = shared_cache.hits
+    spilled = functional_all_pairs(base, models, PROBES, device="cpu", cache=shared_cache, memory_budget=1)
+    assert spilled.model_loads == 0
+    # Four entries read for the per-model numbers, then a, b, c (row a) and b, c (row b) again.
+    assert shared_cache.hits - before == 4 + 5
+    assert spilled.pairs == held.pairs
