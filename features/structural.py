@@ -47,13 +47,7 @@ DEFAULT_CHUNK = 1 << 17
 # The top-k threshold is bracketed from a sample this large, this many standard deviations wide.
 TOPK_SAMPLE = 1 << 16
 TOPK_MARGIN = 6.0
-# Release a checkpoint's memory maps after this many bytes: safetensors maps whole files,
-# and pages that were touched stay in the process's RSS until the map is dropped.
-RELEASE_BYTES = 64 * 1024 * 1024
-
 _TINY = math.ulp(0.0)  # the smallest positive double
-
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 
 # A transformer block is `<...>.layers.N.` (Llama, Mistral, Qwen), `h.N.` (GPT-2),
 # `layer.N.` (BERT), `blocks.N.` / `block.N.` (others).
@@ -385,28 +379,18 @@ def _spread(values: list[float], fallback: tuple[float, float, float]) -> tuple[
     return min(values), sum(values) / len(values), max(values)
 
 
-def check_same_architecture(base, a, b) -> list[str]:
-    """The float tensors to compare, in the base's order; FeatureError naming the first
-    tensor whose presence or shape differs between the three checkpoints."""
-    for label, other in (("A", a), ("B", b)):
-        missing = [n for n in base.tensors if n not in other.tensors]
-        extra = [n for n in other.tensors if n not in base.tensors]
-        if missing:
-            raise FeatureError(f"architecture mismatch: tensor {missing[0]!r} is in the base but not in model {label} ({other.path})")
-        if extra:
-            raise FeatureError(f"architecture mismatch: tensor {extra[0]!r} is in model {label} ({other.path}) but not in the base")
-        for name, info in base.tensors.items():
-            if other.tensors[name].shape != info.shape:
-                raise FeatureError(
-                    f"architecture mismatch: tensor {name!r} has shape {list(other.tensors[name].shape)} "
-                    f"in model {label} but {list(info.shape)} in the base")
-    names = []
-    for name, info in base.tensors.items():
-        kinds = {ck.tensors[name].dtype in FLOAT_DTYPES for ck in (base, a, b)}
-        if kinds == {True}:
-            names.append(name)
-        elif len(kinds) == 2:
-            raise FeatureError(f"architecture mismatch: tensor {name!r} is floating point in some models but not in others")
+def compared_tensors(base, models) -> list[str]:
+    """The float tensors to compare, in the base's order: merging's one architecture check
+    (names, shapes, kinds; an lm_head a tied config leaves out is fine) as a FeatureError,
+    then the tensors every checkpoint holds."""
+    from merging.architecture import check_same_architecture
+    from merging.errors import CheckpointError
+
+    try:
+        names = check_same_architecture(base, list(models))
+    except CheckpointError as e:
+        raise FeatureError(str(e)) from None
+    names = [n for n in names if all(n in ck.tensors for ck in models)]
     if not names:
         raise FeatureError(f"{base.path}: no floating-point tensors to compare")
     return names
@@ -421,7 +405,7 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
     """
     import torch
 
-    from merging.checkpoint import DTYPE_BYTES, Checkpoint
+    from merging.checkpoint import Checkpoint
     from merging.device import resolve_device
     from merging.errors import CheckpointError, MergeError
 
@@ -436,9 +420,8 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
         # in hand-offs than they give, and much more when other processes share the cores.
         torch.set_num_threads(1)
     try:
-        names = check_same_architecture(*cks)
+        names = compared_tensors(cks[0], cks[1:])
         stats = DeltaStats(chunk=chunk, topk_sample=topk_sample, topk_margin=topk_margin)
-        since_release = 0
         for name in _progress(names, progress):
             try:
                 tensors = [ck.tensor(name, dev) for ck in cks]
@@ -446,12 +429,6 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
                 raise FeatureError(str(e)) from None
             stats.add(name, *tensors)
             del tensors
-            since_release += sum(ck.tensors[name].numel * DTYPE_BYTES[ck.tensors[name].dtype] for ck in cks)
-            if since_release >= RELEASE_BYTES:
-                # Drop the memory maps so that pages already read leave the RSS.
-                for ck in cks:
-                    ck.close()
-                since_release = 0
         return stats.features()
     finally:
         torch.set_num_threads(threads)

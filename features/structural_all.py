@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from features.errors import FeatureError
-from features.structural import (FLOAT_DTYPES, TOPK_FRACTION, TOPK_MARGIN, TOPK_SAMPLE, DeltaStats, _Dots,
+from features.structural import (TOPK_FRACTION, TOPK_MARGIN, TOPK_SAMPLE, DeltaStats, _Dots, compared_tensors,
                                  block_of, group_of)
 
 # float64 entries in one work matrix (N rows × chunk): 2 MB, so that the four alive at once
@@ -410,29 +410,14 @@ class CatalogScan:
 
 
 def check_catalog_architecture(base, models: dict) -> list[str]:
-    """The float tensors to compare, in the base's order; FeatureError naming the first model
-    and tensor whose presence, shape or kind differs from the base."""
+    """The float tensors to compare, in the base's order (merging's one check, as for a pair);
+    a mismatch names the model as the catalog calls it."""
     for label, ck in models.items():
-        missing = next((n for n in base.tensors if n not in ck.tensors), None)
-        if missing is not None:
-            raise FeatureError(f"architecture mismatch: tensor {missing!r} is in the base but not in model {label!r} ({ck.path})")
-        extra = next((n for n in ck.tensors if n not in base.tensors), None)
-        if extra is not None:
-            raise FeatureError(f"architecture mismatch: tensor {extra!r} is in model {label!r} ({ck.path}) but not in the base")
-        for name, info in base.tensors.items():
-            if ck.tensors[name].shape != info.shape:
-                raise FeatureError(f"architecture mismatch: tensor {name!r} has shape {list(ck.tensors[name].shape)} "
-                                   f"in model {label!r} but {list(info.shape)} in the base")
-    names = []
-    for name, info in base.tensors.items():
-        kinds = {info.dtype in FLOAT_DTYPES} | {ck.tensors[name].dtype in FLOAT_DTYPES for ck in models.values()}
-        if kinds == {True}:
-            names.append(name)
-        elif len(kinds) == 2:
-            raise FeatureError(f"architecture mismatch: tensor {name!r} is floating point in some models but not in others")
-    if not names:
-        raise FeatureError(f"{base.path}: no floating-point tensors to compare")
-    return names
+        try:
+            compared_tensors(base, [ck])
+        except FeatureError as e:
+            raise FeatureError(f"model {label!r}: {e}") from None
+    return compared_tensors(base, list(models.values()))
 
 
 def scan_catalog(base: str, models: dict[str, str], *, device: str = "auto",
@@ -444,7 +429,8 @@ def scan_catalog(base: str, models: dict[str, str], *, device: str = "auto",
     speed, never results."""
     import torch
 
-    from merging.checkpoint import DTYPE_BYTES, Checkpoint
+    from merging.checkpoint import Checkpoint
+    from merging.dtypes import DTYPE_BYTES
     from merging.device import resolve_device
     from merging.errors import CheckpointError, MergeError
 

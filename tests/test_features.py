@@ -255,8 +255,8 @@ def test_structural_order_sensitivity(zoo):
         assert ba[name] == pytest.approx(want, abs=1e-12), name
 
 
-@pytest.mark.parametrize("other, expect", [("wide", r"shape \[\d+(, \d+)*\] in model B"),
-                                            ("deep", r"'model\.layers\.2\.[^']+' is in model B")])
+@pytest.mark.parametrize("other, expect", [("wide", r"architecture mismatch: tensor '[^']+' has shape \[\d+(, \d+)*\] in \S*wide"),
+                                            ("deep", r"architecture mismatch: tensor 'model\.layers\.2\.[^']+' is in \S*deep")])
 def test_architecture_mismatch_names_the_tensor(zoo, other, expect):
     with pytest.raises(FeatureError, match=expect) as err:
         structural_features(zoo["base"], zoo["a"], zoo[other], device="cpu")

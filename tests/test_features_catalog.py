@@ -115,7 +115,7 @@ def test_bf16_catalog_equals_pairwise(tmp_path):
 def test_catalog_architecture_mismatch_names_the_model(tmp_path, catalog):
     base, models = catalog
     wide = fm.make_base(tmp_path / "wide", seed=3, hidden=48)
-    with pytest.raises(FeatureError, match=r"shape \[\d+(, \d+)*\] in model 'wide'"):
+    with pytest.raises(FeatureError, match=r"model 'wide': architecture mismatch: .* has shape \[\d+(, \d+)*\]"):
         scan_catalog(base, {"a": models["a"], "wide": str(wide)}, device="cpu")
     with pytest.raises(FeatureError, match="at least two models"):
         scan_catalog(base, {"a": models["a"]}, device="cpu")
