@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bandit.arms import DEFAULT_ARMS
+from bandit.arms import DEFAULT_ARMS, merge_meaning
 from zoo.manifest import Zoo
 
 # The tiny zoo's table (task, pair and rewards; no features), shipped as an optional prior:
@@ -90,7 +90,8 @@ def register_zoo(svc, zoo: Zoo) -> None:
 
 def _cache_key(zoo: Zoo, arm: str, operator: str, params: dict, a: str, b: str) -> str:
     stamp = json.dumps([zoo.manifest.get("recipe"), zoo.manifest.get("accuracy", {}).get(zoo.expert_name(a)),
-                        zoo.manifest.get("accuracy", {}).get(zoo.expert_name(b)), operator, params, a, b, MERGE_SEED],
+                        zoo.manifest.get("accuracy", {}).get(zoo.expert_name(b)), operator,
+                        merge_meaning(operator, params), a, b, MERGE_SEED],
                        sort_keys=True)
     return f"{arm}|{a}|{b}|" + hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
