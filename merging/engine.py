@@ -237,6 +237,83 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
                        device=str(dev))
 
 
+class _StateDictSink:
+    """The engine's writer interface into a plain dict: the in-memory output of a trial merge."""
+
+    def __init__(self) -> None:
+        self.tensors: dict = {}
+        self.bytes_written = 0
+
+    def write(self, name: str, tensor) -> None:
+        self.tensors[name] = tensor
+        self.bytes_written += tensor.numel() * tensor.element_size()
+
+
+@dataclass
+class InMemoryMerge:
+    """A merge held in memory (CPU tensors), with what writing it as a folder needs."""
+
+    state: dict
+    config: dict
+    config_source: str
+    recipe: Recipe
+    seconds: float
+
+    def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the folder `run_merge` would have written (one safetensors file, config,
+        side files, the recipe), atomically; no second merge."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        _check_out_dir(out, overwrite)
+        tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt"})
+            (tmp / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+            source = Path(self.config_source)
+            for name in SIDE_FILES:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+            (tmp / RECIPE_JSON).write_text(self.recipe.to_json() + "\n")
+            (tmp / RECIPE_YAML).write_text(self.recipe.to_yaml())
+            _move_into_place(tmp, out, overwrite)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise MergeError(f"{out}: write failed ({e.strerror or e})") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def run_merge_to_state_dict(recipe: Recipe, *, device: str = "auto", allow_vocab_mismatch: bool = False,
+                            plugins: Sequence[str] = ()) -> InMemoryMerge:
+    """Merge the recipe's models in memory, with no folder: the same planning, checks and
+    streaming as `run_merge`, the tensors collected into a state dict (on the CPU, in the
+    output dtype). For trial merges, which load the result straight into a model."""
+    for ref in plugins:
+        load_plugin(ref)
+    started = time.perf_counter()
+    plan = plan_merge(recipe, allow_vocab_mismatch=allow_vocab_mismatch)
+
+    import torch
+
+    from merging.device import resolve_device
+
+    dev = resolve_device(device)
+    compute = torch.float64 if recipe.dtype == "float64" else torch.float32
+    sink = _StateDictSink()
+    try:
+        _stream(plan, sink, dev, compute, recipe.seed, False, None)
+    finally:
+        for ckpt in plan.inputs:
+            ckpt.close()
+    return InMemoryMerge(sink.tensors, _merged_config(plan, recipe), str(plan.config_source.path), recipe,
+                         time.perf_counter() - started)
+
+
 def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             progress: bool | None, on_tensor: Callable[[str], None] | None) -> None:
     import torch
@@ -314,15 +391,20 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             bar.close()
 
 
-def _write_side_files(plan: MergePlan, recipe: Recipe, folder: Path) -> None:
-    source = plan.config_source
-    config = dict(source.config)
+def _merged_config(plan: MergePlan, recipe: Recipe) -> dict:
+    config = dict(plan.config_source.config)
     if recipe.out_dtype is not None:
         keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["dtype"]
         for k in keys:
             config[k] = recipe.out_dtype
     if plan.vocab_rows is not None and "vocab_size" in config:
         config["vocab_size"] = plan.vocab_rows
+    return config
+
+
+def _write_side_files(plan: MergePlan, recipe: Recipe, folder: Path) -> None:
+    source = plan.config_source
+    config = _merged_config(plan, recipe)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name in SIDE_FILES:
         src = source.path / name
