@@ -736,8 +736,9 @@ def zoo_group() -> None:
 @zoo_group.command("build")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="Zoo folder (default: $SIMMERGE_HOME/zoo/SIZE or ~/.cache/simmerge/zoo/SIZE).")
-@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True,
-              help="tiny: ~0.9M params, minutes on a CPU; small: larger and slower; reduced: 3 tasks, for tests.")
+@click.option("--size", type=click.Choice(["tiny", "small", "strong", "reduced"]), default="tiny", show_default=True,
+              help="tiny: ~0.9M params, minutes on a CPU; small: larger and slower; strong: 8 tasks, longer "
+                   "fine-tunes, another seed (a second family to measure on); reduced: 3 tasks, for tests.")
 @json_option
 def zoo_build(directory, size, as_json) -> None:
     """Build the zoo, or complete it: models already built with the same recipe are reused."""
@@ -819,7 +820,7 @@ def _outcome_report(s) -> str:
 @zoo_group.command("outcomes")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Outcome table to write (.csv or .jsonl).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
-@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "small", "strong", "reduced"]), default="tiny", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--structural-only", is_flag=True, help="Weights-only features in the f: columns.")
 @json_option
@@ -838,7 +839,7 @@ def zoo_outcomes(out, directory, size, device, structural_only, as_json):
 @click.option("--rounds", type=click.IntRange(1), default=60, show_default=True, help="Merge requests to run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the request stream and the policy.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
-@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "small", "strong", "reduced"]), default="tiny", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Learning curve PNG [default: next to the database].")

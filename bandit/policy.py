@@ -30,6 +30,9 @@ class Action:
     arm: str
     context: Mapping[str, float]
     candidate: int = 0  # index of the ordered model pair this action would merge
+    # Features of this action itself (trial-merge signals of this pair merged with this
+    # arm), beside the candidate's context; empty for policies and callers without them.
+    features: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
