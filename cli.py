@@ -203,7 +203,7 @@ def propose(task, models, features, context_json, structural_only, device, merge
 def reward(event_id, value, db_path, as_json):
     """Record the REWARD of event EVENT_ID and update its arm's posterior."""
     # Deliberately lean imports: no numpy, no sqlite-utils, so this starts fast.
-    from bandit.reward import record_reward
+    from bandit.service.reward import record_reward
     from store import Store
 
     # A reward belongs to an event of an existing database: never create one on a typo.
@@ -457,7 +457,7 @@ def models():
 @json_option
 def models_add(name, path, base, db_path, as_json):
     """Register checkpoint folder PATH as NAME (re-registering updates it)."""
-    from bandit.catalog import add_model
+    from bandit.service.catalog import add_model
     from store import Store
 
     with Store(db_path) as store:
@@ -480,7 +480,7 @@ def models_add(name, path, base, db_path, as_json):
 @json_option
 def features_cmd(model_a, model_b, task, structural_only, device, db_path, as_json):
     """Similarity features of the ordered pair MODEL_A, MODEL_B (registered models), cached."""
-    from bandit.context import pair_features, task_probes
+    from bandit.service.context import pair_features, task_probes
     from bandit.errors import BanditError
     from store import Store
 
@@ -618,7 +618,7 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
     if logged is not None:
         if add_arm_at or new_task_at or plot:
             raise BanditError("--add-arm-at, --new-task-at and --plot apply to --outcomes only")
-        from bandit.ope import evaluate_log_source
+        from bandit.offline.ope import evaluate_log_source
 
         store = None
         if not logged:
@@ -630,13 +630,13 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
         rep = evaluate_log_source(policies, logged or None, store, seed=seed, bootstrap=bootstrap)
         emit_json(rep) if as_json else _print_logged(rep)
         return
-    from bandit.replay import AddArm, NewTask, parse_scenario_arg, replay_outcomes
+    from bandit.offline.replay import AddArm, NewTask, parse_scenario_arg, replay_outcomes
 
     add_arm = AddArm(*parse_scenario_arg(add_arm_at, "--add-arm-at")) if add_arm_at else None
     new_task = NewTask(*parse_scenario_arg(new_task_at, "--new-task-at")) if new_task_at else None
     known = None
     if os.path.exists(db_path):  # arms registered there describe the table's arms best
-        from bandit.policy import ArmSpec
+        from bandit.policies.base import ArmSpec
         from store import Store
 
         with Store(db_path) as st:
@@ -663,7 +663,7 @@ def policy():
 def policy_set(name, params, db_path, as_json):
     """Make NAME (linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
     from bandit.arms import parse_params
-    from bandit.policies import parse_policy_spec
+    from bandit.policies.registry import parse_policy_spec
 
     if ":" in name:  # the replay spelling, e.g. fixed:ties or lints:v=0.2
         spec = parse_policy_spec(name)
@@ -703,7 +703,7 @@ def policy_show(db_path, as_json):
 @db_option
 def export(fmt, output, rewarded_only, db_path):
     """Write the events as a decision log (see bandit/decision_log.py for the layout)."""
-    from bandit.decision_log import export_events
+    from bandit.offline.decision_log import export_events
     from bandit.errors import BanditError
     from store import Store
 

@@ -17,8 +17,8 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bandit.outcomes import synthetic_outcomes  # noqa: E402
-from bandit.replay import replay, summarize  # noqa: E402
+from bandit.offline.outcomes import synthetic_outcomes  # noqa: E402
+from bandit.offline.replay import replay, summarize  # noqa: E402
 
 POLICIES = ["linucb", "hybrid", "lints", "egreedy", "vw"]
 

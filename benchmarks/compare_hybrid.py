@@ -18,8 +18,8 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bandit.outcomes import default_arm_specs, synthetic_outcomes, variant_arm_specs  # noqa: E402
-from bandit.replay import replay, summarize  # noqa: E402
+from bandit.offline.outcomes import default_arm_specs, synthetic_outcomes, variant_arm_specs  # noqa: E402
+from bandit.offline.replay import replay, summarize  # noqa: E402
 
 POLICIES = ["linucb", "hybrid", "hybrid:arm_lambda=10", "linucb:alpha=0.5", "hybrid:alpha=0.5,arm_lambda=4"]
 

@@ -30,7 +30,7 @@ def family(tmp_path_factory):
 @pytest.fixture
 def svc(tmp_path, family):
     s = Service(str(tmp_path / "m.db"))
-    from bandit.catalog import add_model
+    from bandit.service.catalog import add_model
 
     add_model(s.store, "base", str(family["base"]))
     for n in ("a", "b", "c"):
@@ -46,7 +46,7 @@ def test_models_registered_with_fingerprints(svc, family):
 
 
 def test_architecture_mismatch_refused(svc, family):
-    from bandit.catalog import add_model
+    from bandit.service.catalog import add_model
 
     with pytest.raises(CheckpointError, match="architecture mismatch"):
         add_model(svc.store, "odd", str(family["other"]), "base")
@@ -76,14 +76,14 @@ def test_propose_over_ordered_pairs_and_cache(svc):
     n_cached = svc.store.conn.execute("SELECT count(*) AS n FROM features").fetchone()["n"]
     assert n_cached == 6
     # second call: every pair from the cache
-    from bandit.context import pair_features
+    from bandit.service.context import pair_features
 
     assert pair_features(svc.store, "a", "b", None, structural_only=True).cached
 
 
 def test_changed_checkpoint_misses_cache(svc, family, tmp_path):
-    from bandit.catalog import add_model
-    from bandit.context import pair_features
+    from bandit.service.catalog import add_model
+    from bandit.service.context import pair_features
 
     moved = make_finetune(family["base"], tmp_path / "a2", seed=1)
     add_model(svc.store, "a2", str(moved), "base")

@@ -9,11 +9,11 @@ import pytest
 from scipy import stats
 
 from bandit.errors import BanditError
-from bandit.hybrid import HybridLinUCB
-from bandit.linucb import LinUCB
-from bandit.lints import LinTS
-from bandit.policies import make_policy, parse_policy_spec, policy_label
-from bandit.policy import Action, ArmSpec
+from bandit.policies.hybrid import HybridLinUCB
+from bandit.policies.linucb import LinUCB
+from bandit.policies.lints import LinTS
+from bandit.policies.registry import make_policy, parse_policy_spec, policy_label
+from bandit.policies.base import Action, ArmSpec
 
 ARMS = [ArmSpec("ties", "ties", {"density": 0.5}), ArmSpec("linear", "linear", {"weight": 0.5}),
         ArmSpec("dare_ties", "dare_ties", {"density": 0.3})]
@@ -99,7 +99,7 @@ def test_hybrid_matches_the_papers_algorithm_while_growing():
     """Our incremental hybrid (rank-one A₀ updates, schemas that grow when a feature or an
     arm with new descriptor components appears) against the paper's algorithm run with
     every dimension from the start: past rows had the late ones at 0, so they must agree."""
-    from bandit.descriptors import arm_descriptor
+    from bandit.policies.descriptors import arm_descriptor
 
     late_arm = ArmSpec("slerp", "slerp", {"t": 0.3})
     pol = _with_arms(HybridLinUCB(alpha=1.0, lam=1.5, epsilon=0.0))
@@ -247,7 +247,7 @@ def test_vw_round_trip_gives_the_same_pmf(tmp_path):
     pol = _with_arms(make_policy("vw", {"seed": 3}))
     _drive(pol, 80)
     pol.save(tmp_path / "w.vw", {"note": "x"})
-    from bandit.vw import VWPolicy
+    from bandit.policies.vw import VWPolicy
 
     back, header = VWPolicy.load(tmp_path / "w.vw")
     assert header["note"] == "x" and back.arm_names == pol.arm_names and back.params() == pol.params()
@@ -350,7 +350,7 @@ def test_service_relearns_a_vw_workspace_that_does_not_match_the_database(tmp_pa
 
 
 def test_hybrid_snapshot_round_trip_continues_bit_for_bit(tmp_path):
-    from bandit.hybrid import HybridLinUCB as H
+    from bandit.policies.hybrid import HybridLinUCB as H
 
     pol = _with_arms(HybridLinUCB(alpha=0.8, arm_lam=3.0))
     _drive(pol, 70, add_late=ArmSpec("slerp", "slerp", {"t": 0.5}))

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from bandit import ridge
-from bandit.exploration import epsilon_floor, sample
-from bandit.linucb import LinUCB
-from bandit.policy import Action, ArmSpec
-from bandit.posterior import Posterior
+from bandit.policies import ridge
+from bandit.policies.exploration import epsilon_floor, sample
+from bandit.policies.linucb import LinUCB
+from bandit.policies.base import Action, ArmSpec
+from bandit.policies.posterior import Posterior
 
 
 def closed_form(X, r, lam):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bandit.decision_log import LoggedDecision, read_decision_log
+from bandit.offline.decision_log import LoggedDecision, read_decision_log
 from bandit.errors import BanditError
-from bandit.ope import evaluate_logged
-from bandit.outcomes import OutcomeTable, read_outcomes, synthetic_outcomes, write_outcomes
-from bandit.policies import POLICIES
-from bandit.policy import Decision, Policy
-from bandit.replay import AddArm, NewTask, arrival_order, gap_closure, interval, replay, summarize
+from bandit.offline.ope import evaluate_logged
+from bandit.offline.outcomes import OutcomeTable, read_outcomes, synthetic_outcomes, write_outcomes
+from bandit.policies.registry import POLICIES
+from bandit.policies.base import Decision, Policy
+from bandit.offline.replay import AddArm, NewTask, arrival_order, gap_closure, interval, replay, summarize
 from cli import main
 
 

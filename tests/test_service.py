@@ -5,7 +5,7 @@ import pytest
 
 from bandit.errors import BanditError
 from bandit.arms import DEFAULT_ARMS
-from bandit.posterior import DTYPE
+from bandit.policies.posterior import DTYPE
 from bandit.service import Service
 from store import Store
 

@@ -66,7 +66,7 @@ def pair_probes(zoo: Zoo, task_a: str, task_b: str) -> list[str]:
 
 def register_zoo(svc, zoo: Zoo) -> None:
     """Register the zoo's base and experts as models, and every pair task with its probes."""
-    from bandit.catalog import add_model
+    from bandit.service.catalog import add_model
 
     known = {m["name"]: m for m in svc.store.models()}
     if known.get(zoo.base_name, {}).get("path") != str(zoo.base):
@@ -143,7 +143,7 @@ def build_outcomes(
     cache then run in `jobs` worker processes (default: `default_jobs(device)`)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from bandit.context import pair_features
+    from bandit.service.context import pair_features
     from bandit.service import Service
 
     cache_path = zoo.root / "outcomes-cache.json"

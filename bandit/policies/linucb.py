@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import BanditError
-from bandit.exploration import epsilon_floor, sample
-from bandit.policy import Action, ArmSpec, Decision, Policy
-from bandit.posterior import Posterior
+from bandit.policies.exploration import epsilon_floor, sample
+from bandit.policies.base import Action, ArmSpec, Decision, Policy
+from bandit.policies.posterior import Posterior
 
 
 class RidgeArms(Policy):

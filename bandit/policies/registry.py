@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from bandit.errors import BanditError
-from bandit.policy import Policy
+from bandit.policies.base import Policy
 
 DEFAULT_POLICY = {"name": "linucb", "params": {"alpha": 1.0, "lambda": 1.0, "epsilon": 0.05}}
 
@@ -34,14 +34,14 @@ def _num(value: Any, name: str) -> float:
 
 
 def _linucb(params: dict[str, Any]) -> Policy:
-    from bandit.linucb import LinUCB
+    from bandit.policies.linucb import LinUCB
 
     p = _take(params, "linucb", {"alpha": 1.0, "lambda": 1.0, "epsilon": 0.05})
     return LinUCB(alpha=_num(p["alpha"], "alpha"), lam=_num(p["lambda"], "lambda"), epsilon=_num(p["epsilon"], "epsilon"))
 
 
 def _hybrid(params: dict[str, Any]) -> Policy:
-    from bandit.hybrid import HybridLinUCB
+    from bandit.policies.hybrid import HybridLinUCB
 
     p = _take(params, "hybrid", {"alpha": 1.0, "lambda": 1.0, "arm_lambda": None, "epsilon": 0.05,
                                  "descriptor": "operator+params"})
@@ -51,7 +51,7 @@ def _hybrid(params: dict[str, Any]) -> Policy:
 
 
 def _lints(params: dict[str, Any]) -> Policy:
-    from bandit.lints import LinTS
+    from bandit.policies.lints import LinTS
 
     p = _take(params, "lints", {"v": 0.2, "lambda": 1.0, "epsilon": 0.05, "draws": 1000})
     draws = p["draws"]
@@ -62,21 +62,21 @@ def _lints(params: dict[str, Any]) -> Policy:
 
 
 def _egreedy(params: dict[str, Any]) -> Policy:
-    from bandit.baselines import EpsilonGreedy
+    from bandit.policies.baselines import EpsilonGreedy
 
     p = _take(params, "egreedy", {"epsilon": 0.1, "lambda": 1.0})
     return EpsilonGreedy(epsilon=_num(p["epsilon"], "epsilon"), lam=_num(p["lambda"], "lambda"))
 
 
 def _random(params: dict[str, Any]) -> Policy:
-    from bandit.baselines import UniformRandom
+    from bandit.policies.baselines import UniformRandom
 
     _take(params, "random", {})
     return UniformRandom()
 
 
 def _fixed(params: dict[str, Any]) -> Policy:
-    from bandit.baselines import FixedArm
+    from bandit.policies.baselines import FixedArm
 
     p = _take(params, "fixed", {"arm": None, "epsilon": 0.0})
     if not p["arm"]:
@@ -85,7 +85,7 @@ def _fixed(params: dict[str, Any]) -> Policy:
 
 
 def _vw(params: dict[str, Any]) -> Policy:
-    from bandit.vw import VWPolicy
+    from bandit.policies.vw import VWPolicy
 
     p = _take(params, "vw", {"explore": "squarecb", "gamma_scale": 10.0, "gamma_exponent": 0.5,
                              "epsilon": 0.05, "seed": 0, "extra": ""})

@@ -1,12 +1,12 @@
 """Recording a reward: join it to its event and update that arm's posterior, atomically.
 
-Runs without numpy so that `bandit reward` starts fast (see `bandit.ridge`).
+Runs without numpy so that `bandit reward` starts fast (see `bandit.policies.ridge`).
 """
 from __future__ import annotations
 
 import math
 
-from bandit import ridge
+from bandit.policies import ridge
 from bandit.errors import BanditError
 
 RIDGE = "ridge"  # the posteriors' reward model shared by linucb, lints and egreedy

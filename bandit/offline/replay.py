@@ -27,9 +27,9 @@ import numpy as np
 
 from bandit.arms import DEFAULT_ARMS
 from bandit.errors import BanditError
-from bandit.outcomes import OutcomeTable
-from bandit.policies import make_policy, parse_policy_spec, policy_label
-from bandit.policy import Action, ArmSpec
+from bandit.offline.outcomes import OutcomeTable
+from bandit.policies.registry import make_policy, parse_policy_spec, policy_label
+from bandit.policies.base import Action, ArmSpec
 
 FAIR_WINDOW = 50  # rounds in the trailing window that measures a new arm's choice rate
 NEW_TASK_FIRST_ROWS = 20  # "first rows" of a new task, when it has at least twice as many
@@ -372,7 +372,7 @@ def replay_outcomes(
     plot: str | os.PathLike | None = None, progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Read an outcome table, replay the policies on it, and return the report (and plot it)."""
-    from bandit.outcomes import read_outcomes
+    from bandit.offline.outcomes import read_outcomes
 
     table = read_outcomes(path)
     results = replay(table, policies, seeds, add_arm, new_task, arm_specs_for(table.arms, known_arms), jobs, progress)

@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from bandit import ridge
+from bandit.policies import ridge
 from bandit.arms import DEFAULT_ARMS, check_arm_name, validate_operator
 from bandit.errors import BanditError
-from bandit.linucb import RidgeArms
-from bandit.policies import DEFAULT_POLICY, make_policy, policy_label
-from bandit.policy import Action, ArmSpec, Policy
-from bandit.posterior import Posterior, update_arrays
-from bandit.reward import RIDGE, RewardOutcome, arm_prior, chosen_context, record_reward
+from bandit.policies.linucb import RidgeArms
+from bandit.policies.registry import DEFAULT_POLICY, make_policy, policy_label
+from bandit.policies.base import Action, ArmSpec, Policy
+from bandit.policies.posterior import Posterior, update_arrays
+from bandit.service.reward import RIDGE, RewardOutcome, arm_prior, chosen_context, record_reward
 from store import Store
 
 
@@ -139,10 +139,10 @@ class Service:
     @staticmethod
     def _snapshot_class(policy_name: str):
         if policy_name == "vw":
-            from bandit.vw import VWPolicy
+            from bandit.policies.vw import VWPolicy
 
             return VWPolicy
-        from bandit.hybrid import HybridLinUCB
+        from bandit.policies.hybrid import HybridLinUCB
 
         return HybridLinUCB
 
@@ -345,7 +345,7 @@ class Service:
     ) -> Proposal:
         """Choose operator, order and pair for merging two of `models` (registered fine-tunes
         of one base) for `task`: features for every ordered pair (cached), then `propose`."""
-        from bandit.context import common_base, pair_features, task_probes
+        from bandit.service.context import common_base, pair_features, task_probes
 
         task = check_task_name(task)
         models = list(models)
@@ -369,7 +369,7 @@ class Service:
     def merge_event(self, event_id: int | str, out_dir: str, *, device: str = "auto", progress: bool | None = None,
                     **engine_options: Any):
         """Run the merge that event EVENT_ID proposed (its recipe, as logged) into out_dir."""
-        from bandit.reward import parse_event_id
+        from bandit.service.reward import parse_event_id
         from merging.engine import run_merge
         from merging.recipe import Recipe
 

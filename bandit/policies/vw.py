@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from bandit.descriptors import arm_descriptor
+from bandit.policies.descriptors import arm_descriptor
 from bandit.errors import BanditError
-from bandit.exploration import sample
+from bandit.policies.exploration import sample
 from bandit.files import write_atomically
-from bandit.policy import Action, ArmSpec, Decision, Policy
+from bandit.policies.base import Action, ArmSpec, Decision, Policy
 
 FORMAT = "simmerge-vw/1"
 EXPLORATIONS = ("squarecb", "epsilon")

@@ -2,7 +2,7 @@
 
 An action of arm a in context x (a bias term first) has features x for the arm's own
 coefficients θ_a and z = x ⊗ d_a for the shared coefficients β, where d_a is the arm's
-descriptor (operator family one-hot and numeric parameters, see `bandit.descriptors`).
+descriptor (operator family one-hot and numeric parameters, see `bandit.policies.descriptors`).
 Expected reward zᵀβ + xᵀθ_a. Because β is learned from every arm's rewards, a new arm
 scores zᵀβ̂ from its first round: it is informed by the arms that resemble it.
 
@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from bandit.descriptors import DESCRIPTOR_KINDS, arm_descriptor
+from bandit.policies.descriptors import DESCRIPTOR_KINDS, arm_descriptor
 from bandit.errors import BanditError
-from bandit.exploration import epsilon_floor, sample
+from bandit.policies.exploration import epsilon_floor, sample
 from bandit.files import write_atomically
-from bandit.policy import Action, ArmSpec, Decision, Policy
+from bandit.policies.base import Action, ArmSpec, Decision, Policy
 
 FORMAT = "simmerge-hybrid/1"
 

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import BanditError
-from bandit.exploration import epsilon_floor, sample
-from bandit.linucb import RidgeArms
-from bandit.policy import Action, ArmSpec, Decision, Policy
+from bandit.policies.exploration import epsilon_floor, sample
+from bandit.policies.linucb import RidgeArms
+from bandit.policies.base import Action, ArmSpec, Decision, Policy
 
 
 class EpsilonGreedy(RidgeArms):

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import BanditError
-from bandit.exploration import sample
-from bandit.linucb import RidgeArms
-from bandit.policy import Action, Decision
+from bandit.policies.exploration import sample
+from bandit.policies.linucb import RidgeArms
+from bandit.policies.base import Action, Decision
 
 
 class LinTS(RidgeArms):

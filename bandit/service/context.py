@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bandit.catalog import model_row
+from bandit.service.catalog import model_row
 from bandit.errors import BanditError
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from bandit.arms import DEFAULT_ARMS
-from bandit.descriptors import arm_descriptor
+from bandit.policies.descriptors import arm_descriptor
 from bandit.errors import BanditError
 from bandit.files import jsonl_objects, read_text
-from bandit.reward import parse_finite
-from bandit.policy import ArmSpec
+from bandit.service.reward import parse_finite
+from bandit.policies.base import ArmSpec
 
 
 @dataclass
@@ -143,7 +143,7 @@ def synthetic_outcomes(
 
     Context features are bounded in [-1, 1] like the real signals. Arm k's coefficients are
     θ_k = Σ_j d_kj Φ_j + arm_specific·δ_k over its descriptor d_k (see
-    `bandit.descriptors`), so arms that look alike behave alike (what the hybrid policy
+    `bandit.policies.descriptors`), so arms that look alike behave alike (what the hybrid policy
     exploits) while each arm keeps its own part. Each task shifts the context
     distribution by `task_shift`. Rewards are 0.5 + θ_kᵀ[1, x] + noise; the noiseless ones
     are kept in `expected`, so the best arm of every row is known.

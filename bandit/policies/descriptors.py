@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from bandit.policy import ArmSpec
+from bandit.policies.base import ArmSpec
 
 DESCRIPTOR_KINDS = ("operator+params", "none")
 

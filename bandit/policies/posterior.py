@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bandit import ridge
+from bandit.policies import ridge
 
 DTYPE = np.dtype("<f8")
 

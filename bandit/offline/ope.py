@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from bandit.decision_log import LoggedDecision
+from bandit.offline.decision_log import LoggedDecision
 from bandit.errors import BanditError
-from bandit.policies import make_policy, parse_policy_spec, policy_label
-from bandit.policy import Action, ArmSpec, Policy
-from bandit.posterior import Posterior
+from bandit.policies.registry import make_policy, parse_policy_spec, policy_label
+from bandit.policies.base import Action, ArmSpec, Policy
+from bandit.policies.posterior import Posterior
 
 UNIFORM_TOL = 1e-9
 
@@ -142,7 +142,7 @@ def evaluate_logged(
         raise BanditError("--bootstrap must be at least 1")
     if folds < 2 or folds > len(logged):
         raise BanditError(f"folds must be between 2 and the number of rewarded events ({len(logged)})")
-    from bandit.replay import arm_specs_for
+    from bandit.offline.replay import arm_specs_for
 
     names = list(dict.fromkeys(a["arm"] for d in logged for a in d.actions))
     if settings["name"] == "fixed" and settings["params"].get("arm") not in names:
@@ -195,7 +195,7 @@ def evaluate_log_source(
     folds: int = 2, learn: bool = True,
 ) -> dict[str, Any]:
     """Evaluate each target on an exported decision log, or on a database's own events."""
-    from bandit.decision_log import decisions_from_events, read_decision_log
+    from bandit.offline.decision_log import decisions_from_events, read_decision_log
 
     if not targets:
         raise BanditError("name at least one target policy (--policy NAME)")

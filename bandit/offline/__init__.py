@@ -1,0 +1,1 @@
+"""Offline evaluation: outcome tables, replay, off-policy estimates, decision logs."""
