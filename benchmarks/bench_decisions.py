@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bandit.policy import Action, ArmSpec  # noqa: E402
-from bandit.replay import gap_closure, interval  # noqa: E402
+from bandit.policies.base import Action, ArmSpec  # noqa: E402
+from bandit.offline.replay import gap_closure, interval  # noqa: E402
 
 
 def load_table(path: str, zoo_dir: str | None):
@@ -50,7 +50,7 @@ def load_table(path: str, zoo_dir: str | None):
 
 
 def synthetic_table(seed: int = 0, rows: int = 90, signal_noise: float = 0.05):
-    from bandit.outcomes import synthetic_outcomes
+    from bandit.offline.outcomes import synthetic_outcomes
 
     t = synthetic_outcomes(n_rows=rows, seed=seed)
     rng = np.random.default_rng([seed, 7])
@@ -60,8 +60,8 @@ def synthetic_table(seed: int = 0, rows: int = 90, signal_noise: float = 0.05):
 
 
 def make(name: str):
-    from bandit.pooled import PooledRidge
-    from bandit.policies import make_policy
+    from bandit.policies.pooled import PooledRidge
+    from bandit.policies.registry import make_policy
 
     if name in ("pooled+trial", "pooled"):
         return PooledRidge()

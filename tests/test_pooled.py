@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from bandit.policy import Action, ArmSpec
+from bandit.policies.base import Action, ArmSpec
 
 
 def _data(seed=0, n=60):
@@ -42,7 +42,7 @@ def _reference(arms, rows, lam_b, lam_w, lam_g, beta0):
 
 
 def test_pooled_ridge_matches_the_numpy_reference():
-    from bandit.pooled import PooledRidge
+    from bandit.policies.pooled import PooledRidge
 
     arms, rows = _data()
     pol = PooledRidge(alpha=1.0, lam_intercept=1.0, lam_context=10.0, lam_action=2.0, epsilon=0.0)
@@ -75,7 +75,7 @@ def test_pooled_ridge_matches_the_numpy_reference():
 
 
 def test_before_any_reward_the_trial_signal_ranks_the_actions():
-    from bandit.pooled import PooledRidge
+    from bandit.policies.pooled import PooledRidge
 
     pol = PooledRidge(epsilon=0.05)
     for a in ["x", "y", "z"]:
@@ -87,7 +87,7 @@ def test_before_any_reward_the_trial_signal_ranks_the_actions():
 
 
 def test_learning_order_gives_bit_identical_state_and_new_features_extend_exactly():
-    from bandit.pooled import PooledRidge
+    from bandit.policies.pooled import PooledRidge
 
     arms, rows = _data(seed=3, n=30)
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from bandit.errors import BanditError
-from bandit.exploration import epsilon_floor, sample
-from bandit.policy import Action, ArmSpec, Decision, Policy
+from bandit.policies.exploration import epsilon_floor, sample
+from bandit.policies.base import Action, ArmSpec, Decision, Policy
 
 DEFAULT_ANCHOR = "trial_exact"
 
