@@ -157,10 +157,16 @@ def _parse_context(features: tuple[str, ...], context_json: str | None) -> dict[
 @click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
 @click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
+@click.option("--trial-merges/--no-trial-merges", default=None,
+              help="Merge every candidate action in memory first and score it against the experts' own "
+                   "outputs (action features). Default: the database's setting (bandit policy trials).")
+@click.option("--trial-budget", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Trial only the M most promising actions by the pre-trial scores.")
 @click.option("--seed", type=int, help="Seed for tie-breaking and sampling (logged either way).")
 @db_option
 @json_option
-def propose(task, models, features, context_json, structural_only, device, merge_to, seed, db_path, as_json):
+def propose(task, models, features, context_json, structural_only, device, merge_to, trial_merges, trial_budget,
+            seed, db_path, as_json):
     """Choose a merge operator (an arm) for TASK and log the decision as an event.
 
     With --models, every ordered pair of the models is a candidate: the policy picks the
@@ -173,10 +179,13 @@ def propose(task, models, features, context_json, structural_only, device, merge
         if features or context_json:
             raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
         p = svc.propose_merge(task, models, seed=seed, structural_only=structural_only, device=device,
-                              progress=not as_json and sys.stderr.isatty())
+                              progress=not as_json and sys.stderr.isatty(), trial_merges=trial_merges,
+                              trial_budget=trial_budget, keep_merge=bool(merge_to))
     else:
         if merge_to:
             raise BanditError("--merge-to needs --models: there is nothing to merge without models")
+        if trial_merges or trial_budget:
+            raise BanditError("--trial-merges needs --models: trial merges merge the candidate pairs")
         p = svc.propose(task, _parse_context(features, context_json), seed=seed)
     if as_json:
         out = p.to_dict()
@@ -188,6 +197,9 @@ def propose(task, models, features, context_json, structural_only, device, merge
     click.echo(f"event {p.event_id}: {p.arm}  ({p.operator} {_fmt_params(p.params)}){pair}")
     click.echo(f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}")
     click.echo(f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}")
+    if p.trial is not None:
+        click.echo(f"  trial merges: {p.trial['merges']} in {p.trial['seconds']:.1f} s"
+                   + (f" (budget {p.trial['budget']})" if p.trial["budget"] else ""))
     if merge_to:
         _merge_event(svc, p.event_id, merge_to, device, quiet=False)
     elif p.model_a:
@@ -661,7 +673,7 @@ def policy():
 @db_option
 @json_option
 def policy_set(name, params, db_path, as_json):
-    """Make NAME (linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
+    """Make NAME (pooled, linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
     from bandit.arms import parse_params
     from bandit.policies.registry import parse_policy_spec
 
@@ -681,6 +693,22 @@ def policy_set(name, params, db_path, as_json):
         emit_json(out)
     else:
         click.echo(f"live policy: {out['label']}  ({_fmt_params(out['effective'])})")
+
+
+@policy.command("trials")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.option("--budget", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Trial only the M most promising actions (default: all).")
+@db_option
+@json_option
+def policy_trials(switch, budget, db_path, as_json):
+    """Turn trial merges on or off for every `propose --models` of this database."""
+    out = _service(db_path).set_trial_merges(switch == "on", budget)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"trial merges {'on' if out['on'] else 'off'}"
+                   + (f", budget {out['budget']}" if out["on"] and out["budget"] else ""))
 
 
 @policy.command("show")

@@ -42,6 +42,7 @@ class Proposal:
     model_a: str | None = None
     model_b: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
+    trial: dict[str, Any] | None = None  # the trial merges' cost, when they ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +72,7 @@ class Service:
     def __init__(self, store: Store | str = "bandit.db"):
         self.store = store if isinstance(store, Store) else Store(store)
         self._policy = None
+        self._kept_merge: tuple[int | None, Any] = (None, None)  # (event id, its trial merge in memory)
         self._policy_key = None
         self._versions: dict[str, int] = {}
         self._active: set[str] = set()  # arms the live policy may propose
@@ -183,7 +185,8 @@ class Service:
         if not new:
             return
         for r in self.store.rewarded_decisions(new):
-            actions = [Action(a["arm"], r["contexts"][a.get("candidate", 0)], a.get("candidate", 0))
+            actions = [Action(a["arm"], r["contexts"][a.get("candidate", 0)], a.get("candidate", 0),
+                              a.get("features") or {})
                        for a in r["actions"]]
             policy.learn_decision(actions, r["chosen"], r["value"], r["prob"])
             self._learned.add(r["event_id"])
@@ -270,12 +273,15 @@ class Service:
         candidates: Sequence[tuple[str, str]] | None = None,
         seed: int | None = None,
         inputs: Sequence[tuple[str, list[str]]] | None = None,
+        action_features: Sequence[Mapping[str, Mapping[str, float]]] | None = None,
     ) -> Proposal:
         """Score every (candidate, arm) action, pick one from the policy's pmf, log the event.
 
         `contexts` holds one feature dict per candidate pair (or a single dict when no
         pairs are given); `inputs`, when given, the (base path, model paths) each candidate
-        would merge, so the event carries a ready recipe.
+        would merge, so the event carries a ready recipe; `action_features`, when given, one
+        `{arm: {feature: value}}` per candidate (trial-merge signals), logged with each action
+        so that rebuild and replay see what the policy saw.
         """
         task = check_task_name(task)
         if contexts is None:
@@ -290,6 +296,15 @@ class Service:
                 raise BanditError(str(e)) from None
         if candidates is not None and len(candidates) != len(contexts):
             raise BanditError("one context is needed per candidate pair")
+        if action_features is not None:
+            if len(action_features) != len(contexts):
+                raise BanditError("action features are needed per candidate pair")
+            for per_arm in action_features:
+                for feats in per_arm.values():
+                    try:
+                        ridge.check_context(feats)
+                    except ValueError as e:
+                        raise BanditError(str(e)) from None
         if seed is None:
             seed = secrets.randbits(63)
         rng = np.random.default_rng(seed)
@@ -298,7 +313,10 @@ class Service:
         arms = [a for a in policy.arm_names if a in self._active]
         if not arms:
             raise BanditError("no active arms: add one with `bandit arms add`")
-        actions = [Action(arm, ctx, c) for c, ctx in enumerate(contexts) for arm in arms]
+        def feats(c: int, arm: str) -> dict[str, float]:
+            return dict(action_features[c].get(arm, {})) if action_features is not None else {}
+
+        actions = [Action(arm, ctx, c, feats(c, arm)) for c, ctx in enumerate(contexts) for arm in arms]
         decision = policy.decide(actions, rng)
         chosen = actions[decision.chosen]
         spec = policy.specs[chosen.arm]
@@ -322,7 +340,8 @@ class Service:
         event = {
             "created_at": time.time(), "task": task, "policy": policy.name, "policy_params": policy.params(),
             "candidates": [list(c) for c in candidates] if candidates is not None else None,
-            "contexts": contexts, "actions": [{"arm": a.arm, "candidate": a.candidate} for a in actions],
+            "contexts": contexts, "actions": [{"arm": a.arm, "candidate": a.candidate, **({"features": dict(a.features)} if a.features else {})}
+                        for a in actions],
             "pmf": [float(p) for p in decision.pmf], "chosen": decision.chosen, "arm": chosen.arm,
             "model_a": pair[0], "model_b": pair[1], "prob": decision.prob,
             "predicted": float(decision.means[decision.chosen]), "bonus": float(decision.bonuses[decision.chosen]),
@@ -339,12 +358,30 @@ class Service:
             policy=policy.name, seed=int(seed), model_a=pair[0], model_b=pair[1], recipe=recipe,
         )
 
+    def trial_settings(self) -> dict[str, Any]:
+        """Whether `propose --models` runs trial merges by default, and with which budget."""
+        return self.store.get_setting("trial_merges") or {"on": False, "budget": None}
+
+    def set_trial_merges(self, on: bool, budget: int | None = None) -> dict[str, Any]:
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise BanditError(f"trial budget must be a whole number >= 1, got {budget!r}")
+        value = {"on": bool(on), "budget": budget}
+        with self.store.transaction():
+            self.store.set_setting("trial_merges", value)
+        return value
+
     def propose_merge(
         self, task: str, models: Sequence[str], *, seed: int | None = None, structural_only: bool = False,
-        device: str = "auto", progress: bool = False,
+        device: str = "auto", progress: bool = False, trial_merges: bool | None = None,
+        trial_budget: int | None = None, keep_merge: bool = False,
     ) -> Proposal:
         """Choose operator, order and pair for merging two of `models` (registered fine-tunes
-        of one base) for `task`: features for every ordered pair (cached), then `propose`."""
+        of one base) for `task`: features for every ordered pair (cached), then `propose`.
+
+        With trial merges (None: the database's setting), every candidate action — or the
+        `trial_budget` most promising by the pre-trial scores — is merged in memory and
+        scored against the experts' own outputs; the signals are the actions' features.
+        `keep_merge` keeps the chosen action's merge so `merge_event` writes it directly."""
         from bandit.service.context import common_base, pair_features, task_probes
 
         task = check_task_name(task)
@@ -364,7 +401,48 @@ class Service:
             for a, b in pairs
         ]
         inputs = [(base["path"], [paths[a], paths[b]]) for a, b in pairs]
-        return self.propose(task, contexts, pairs, seed=seed, inputs=inputs)
+        settings = self.trial_settings()
+        if trial_merges is None:
+            trial_merges = bool(settings.get("on"))
+        if not trial_merges:
+            return self.propose(task, contexts, pairs, seed=seed, inputs=inputs)
+        if trial_budget is None:
+            trial_budget = settings.get("budget")
+        report = self._trials(task, pairs, base, paths, contexts, device, trial_budget, keep_merge)
+        proposal = self.propose(task, contexts, pairs, seed=seed, inputs=inputs, action_features=report.features)
+        proposal.trial = report.to_dict()
+        chosen = (pairs.index((proposal.model_a, proposal.model_b)), proposal.arm)
+        self._kept_merge = (proposal.event_id, report.kept.get(chosen))
+        proposal.trial["chosen_was_trialled"] = chosen in report.kept or proposal.arm in report.features[chosen[0]]
+        return proposal
+
+    def _trials(self, task, pairs, base, paths, contexts, device, budget, keep):
+        from bandit.service.context import task_probes
+        from bandit.service.trials import run_trials, select_actions
+
+        policy = self.policy()
+        arms = [a for a in policy.arm_names if a in self._active]
+        keys = [(c, arm) for c in range(len(pairs)) for arm in arms]
+        scores = None
+        if budget is not None and budget < len(keys):
+            means, bonuses = policy.scores([Action(arm, contexts[c], c) for c, arm in keys])
+            scores = (means + bonuses).tolist()
+        selected = select_actions(scores or [0.0] * len(keys), keys, budget)
+        task_texts = task_probes(self.store, task)
+        own = {m: self.store.model_probes(m) for m in {x for p in pairs for x in p}} \
+            if hasattr(self.store, "model_probes") else {}
+
+        def probes_of(model: str) -> list[str]:
+            texts = own.get(model) or task_texts
+            if not texts:
+                raise BanditError(f"trial merges need probe texts: register {model} with --probes, "
+                                  f"or give task {task!r} probes (bandit tasks add {task} --probes FILE)")
+            return texts
+
+        specs = {arm: (policy.specs[arm].operator, dict(policy.specs[arm].params)) for arm in arms}
+        report = run_trials(base["path"], pairs, paths, probes_of, specs, selected, device=device, keep=keep)
+        report.budget = budget
+        return report
 
     def merge_event(self, event_id: int | str, out_dir: str, *, device: str = "auto", progress: bool | None = None,
                     **engine_options: Any):
@@ -379,7 +457,21 @@ class Service:
             raise BanditError(f"no event {event_id}")
         if event["model_a"] is None or "models" not in (event["recipe"] or {}):
             raise BanditError(f"event {event_id} was proposed without models (a context-only proposal): nothing to merge")
+        kept_id, kept = self._kept_merge
+        if kept_id == event_id and kept is not None and not engine_options:
+            return self._write_kept(kept, out_dir, device)
         return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress, **engine_options)
+
+    def _write_kept(self, kept, out_dir: str, device: str):
+        """Write the chosen trial merge, already in memory: no second merge."""
+        from merging.engine import MergeResult
+
+        t0 = time.perf_counter()
+        out = kept.save(out_dir)
+        size = sum(t.numel() * t.element_size() for t in kept.state.values())
+        return MergeResult(path=str(out), operator=kept.recipe.operator, tensors=len(kept.state), shards=1,
+                           bytes_written=size, seconds=round(time.perf_counter() - t0, 3),
+                           device=f"{device} (trial merge reused)")
 
     # -- reward --------------------------------------------------------------------------
     def reward(self, event_id: int | str, value: float | str) -> RewardOutcome:
@@ -499,7 +591,7 @@ class Service:
             st = state.get(r["arm"])
             if st is None:
                 raise BanditError(f"reward for event {r['event_id']} names arm {r['arm']!r}, which is not in the arms table")
-            ctx = r["contexts"][r["actions"][r["chosen"]].get("candidate", 0)]
+            ctx = chosen_context(r)
             st[0], st[1], st[2] = ridge.extend(st[0], st[1], st[2], st[4], ridge.new_names(st[0], ctx))
             ridge.update(st[1], st[2], ridge.vector(st[0], ctx), r["value"])
             st[3] += 1

@@ -1,0 +1,73 @@
+"""Trial merges before a decision: action features for the candidate actions of one request.
+
+For every candidate pair and every arm the policy might pick (all of them, or with a budget
+the M most promising by the policy's pre-trial scores), the pair is merged in memory and
+teacher-forced on each expert's reference continuations (`features.trial`). Experts' probes
+are their own when registered with some (`models add --probes`), else the task's. The merges
+of the request can be kept, so that writing the chosen one needs no second merge.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bandit.errors import BanditError
+
+
+@dataclass
+class TrialReport:
+    """What the trials cost and produced: per candidate `{arm: features}`."""
+
+    features: list[dict[str, dict[str, float]]]
+    merges: int = 0
+    seconds: float = 0.0
+    reference_cache_hits: int = 0
+    budget: int | None = None
+    kept: dict[tuple[int, str], Any] = field(default_factory=dict, repr=False)  # (candidate, arm) -> InMemoryMerge
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"merges": self.merges, "seconds": round(self.seconds, 3), "budget": self.budget,
+                "reference_cache_hits": self.reference_cache_hits}
+
+
+def select_actions(scores: Sequence[float], keys: Sequence[tuple[int, str]], budget: int | None) -> set[tuple[int, str]]:
+    """The actions to trial: all, or the `budget` highest pre-trial scores (ties by order)."""
+    if budget is None or budget >= len(keys):
+        return set(keys)
+    if budget < 1:
+        raise BanditError(f"--trial-budget must be at least 1, got {budget}")
+    ranked = sorted(range(len(keys)), key=lambda i: (-scores[i], i))
+    return {keys[i] for i in ranked[:budget]}
+
+
+def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, str],
+               probes_of: Callable[[str], list[str]], arms: Mapping[str, tuple[str, dict]],
+               selected: set[tuple[int, str]], *, device: str = "auto", keep: bool = False,
+               cache_dir: str | None = None, seed: int = 0) -> TrialReport:
+    """Trial every selected (candidate, arm); `arms` maps arm name -> (operator, params)."""
+    from features.errors import FeatureError
+    from features.trial import TrialRunner
+
+    started = time.perf_counter()
+    report = TrialReport([{} for _ in pairs])
+    for c, (a, b) in enumerate(pairs):
+        wanted = [arm for arm in arms if (c, arm) in selected]
+        if not wanted:
+            continue
+        try:
+            runner = TrialRunner(base, paths[a], paths[b], probes_of(a), probes_of(b), device=device,
+                                 cache_dir=cache_dir, seed=seed)
+            report.reference_cache_hits += runner.reference_cache_hits
+            for arm in wanted:
+                operator, params = arms[arm]
+                result = runner.trial(operator, params, keep=keep)
+                report.features[c][arm] = result.features
+                report.merges += 1
+                if keep:
+                    report.kept[(c, arm)] = result.merge
+        except FeatureError as e:
+            raise BanditError(f"trial merge of {a} + {b}: {e}") from None
+    report.seconds = time.perf_counter() - started
+    return report
