@@ -147,51 +147,56 @@ class PooledRidge(Policy):
         M[1 + nx:, 0] = -mean[1 + nx:]
         return M, self.reward_sum / n
 
-    def _solve(self):
+    def _solve(self) -> "_Fit":
+        """The posterior of the joint ridge, by blocks: each arm's (b, w) block couples only
+        to β, so A⁻¹ comes from one small Cholesky per arm and one for the Schur complement
+        of β (the same numbers as one big solve, at a fraction of the cost)."""
         if self._solved is not None:
             return self._solved
         arms = list(self.specs)
-        d, nx, ng = self.dim, len(self.context_names), len(self.action_names)
+        nx, ng = len(self.context_names), len(self.action_names)
         per = 1 + nx
-        P = len(arms) * per + ng
-        A = np.zeros((P, P))
-        b = np.zeros(P)
         M, c = self._transform()
-        for k, arm in enumerate(arms):
-            S = M @ self.S[arm] @ M.T
-            t = M @ (self.t[arm] - c * self.S[arm][0])
-            idx = np.r_[k * per: (k + 1) * per, len(arms) * per: P]
-            A[np.ix_(idx, idx)] += S
-            b[idx] += t
-        prior = np.empty(P)
-        for k in range(len(arms)):
-            prior[k * per] = self.lam_intercept
-            prior[k * per + 1: (k + 1) * per] = self.lam_context
-        prior[len(arms) * per:] = self.lam_action
-        A[np.diag_indices(P)] += prior
+        prior_arm = np.full(per, self.lam_context)
+        prior_arm[0] = self.lam_intercept
         beta0 = np.zeros(ng)
         if self.anchor is not None and self.anchor in self.action_names:
             beta0[self.action_names.index(self.anchor)] = self.anchor_prior
-        b[len(arms) * per:] += self.lam_action * beta0
-        L = np.linalg.cholesky(A)
-        theta = np.linalg.solve(L.T, np.linalg.solve(L, b))
+        G = np.eye(ng) * self.lam_action
+        g = self.lam_action * beta0
+        blocks = []
+        for arm in arms:
+            S = M @ self.S[arm] @ M.T
+            t = M @ (self.t[arm] - c * self.S[arm][0])
+            D = S[:per, :per] + np.diag(prior_arm)
+            C = S[:per, per:]
+            G += S[per:, per:]
+            g += t[per:]
+            L = np.linalg.cholesky(D)
+            DiC = _chol_solve(L, C)            # D⁻¹ C
+            Dib = _chol_solve(L, t[:per])      # D⁻¹ b
+            G -= C.T @ DiC
+            g -= C.T @ Dib
+            blocks.append((L, C, DiC, Dib))
+        Ls = np.linalg.cholesky(G) if ng else np.zeros((0, 0))
+        beta = _chol_solve(Ls, g) if ng else np.zeros(0)
+        thetas = [Dib - DiC @ beta for (_, _, DiC, Dib) in blocks]
         n = self.n
         var_r = self.reward_sq / n - (self.reward_sum / n) ** 2 if n >= 2 else 0.0
         # Before two rewards there is no scale to read: 0.1 stands in, wide for rewards in [0, 1].
         sigma = math.sqrt(var_r) if n >= 2 and var_r > 0 else 0.1
-        self._solved = (arms, per, M, c, L, theta, sigma)
+        self._solved = _Fit(arms, per, M, c, blocks, Ls, beta, thetas, sigma)
         return self._solved
 
     def coefficients(self) -> dict[str, Any]:
         """The fitted model in named form: c, β by action feature, b and w per arm."""
-        arms, per, M, c, L, theta, sigma = self._solve()
-        nb = len(arms) * per
+        fit = self._solve()
         return {
-            "c": c,
-            "beta": dict(zip(self.action_names, theta[nb:].tolist())),
-            "intercepts": {arm: float(theta[k * per]) for k, arm in enumerate(arms)},
-            "context_weights": {arm: dict(zip(self.context_names, theta[k * per + 1:(k + 1) * per].tolist()))
-                                for k, arm in enumerate(arms)},
+            "c": fit.c,
+            "beta": dict(zip(self.action_names, fit.beta.tolist())),
+            "intercepts": {arm: float(fit.thetas[k][0]) for k, arm in enumerate(fit.arms)},
+            "context_weights": {arm: dict(zip(self.context_names, fit.thetas[k][1:].tolist()))
+                                for k, arm in enumerate(fit.arms)},
         }
 
     def _scorer(self, actions: Sequence[Action]) -> "PooledRidge":
@@ -211,42 +216,52 @@ class PooledRidge(Policy):
             other._extend(a.context, a.features or {})
         return other
 
-    def _design(self, actions: Sequence[Action]) -> tuple[np.ndarray, float, np.ndarray]:
-        arms, per, M, c, L, theta, sigma = self._solve()
-        pos = {arm: k for k, arm in enumerate(arms)}
-        nb = len(arms) * per
-        X = np.zeros((len(actions), len(theta)))
-        for i, a in enumerate(actions):
+    def _vectors(self, actions: Sequence[Action]) -> tuple["_Fit", list[int], np.ndarray]:
+        """The fit, each action's arm index and its centred, scaled vector [1, z, g − ḡ]."""
+        fit = self._solve()
+        pos = {arm: k for k, arm in enumerate(fit.arms)}
+        ks = []
+        for a in actions:
             if a.arm not in pos:
                 raise BanditError(f"unknown arm {a.arm!r}")
-            v = M @ self._u(a.context, getattr(a, "features", None) or {})
-            k = pos[a.arm]
-            X[i, k * per:(k + 1) * per] = v[:per]
-            X[i, nb:] = v[per:]
-        return X, c, theta
+            ks.append(pos[a.arm])
+        U = np.array([self._u(a.context, a.features or {}) for a in actions])
+        return fit, ks, U @ fit.M.T
 
     def scores(self, actions: Sequence[Action]) -> tuple[np.ndarray, np.ndarray]:
         """(c + predicted centred reward, α·σ_r·√(vᵀA⁻¹v)) per action."""
         scorer = self._scorer(actions)
         if scorer is not self:
             return scorer.scores(actions)
-        X, c, theta = self._design(actions)
-        L, sigma = self._solved[4], self._solved[6]
-        means = c + X @ theta
-        half = np.linalg.solve(L, X.T)  # L⁻¹ vᵀ: its squared norm is vᵀ A⁻¹ v
-        widths = np.sqrt(np.maximum((half * half).sum(axis=0), 0.0))
-        return means, self.alpha * sigma * widths
+        fit, ks, V = self._vectors(actions)
+        per = fit.per
+        means = np.empty(len(actions))
+        var = np.empty(len(actions))
+        for i, k in enumerate(ks):
+            x, h = V[i, :per], V[i, per:]
+            L, C, DiC, _ = fit.blocks[k]
+            means[i] = fit.c + x @ fit.thetas[k] + h @ fit.beta
+            # [x, h]ᵀ A⁻¹ [x, h] by blocks: xᵀD⁻¹x + (h − CᵀD⁻¹x)ᵀ S⁻¹ (h − CᵀD⁻¹x)
+            y = np.linalg.solve(L, x)
+            r = h - DiC.T @ x
+            q = np.linalg.solve(fit.Ls, r) if len(r) else r
+            var[i] = y @ y + q @ q
+        return means, self.alpha * fit.sigma * np.sqrt(np.maximum(var, 0.0))
 
     def decide(self, actions: Sequence[Action], rng: np.random.Generator) -> Decision:
         scorer = self._scorer(actions)
         if scorer is not self:
             return scorer.decide(actions, rng)
         if self.exploration == "ts":
-            X, c, theta = self._design(actions)
-            L, sigma = self._solved[4], self._solved[6]
-            draw = theta + sigma * np.linalg.solve(L.T, rng.standard_normal(len(theta)))
-            means = c + X @ theta
-            sampled = c + X @ draw
+            # One draw from N(θ̂, σ²A⁻¹): β from its marginal, then each arm's block given β.
+            fit, ks, V = self._vectors(actions)
+            per = fit.per
+            beta = fit.beta + fit.sigma * _tri_solve_t(fit.Ls, rng.standard_normal(len(fit.beta)))
+            drawn = [fit.blocks[k][3] - fit.blocks[k][2] @ beta
+                     + fit.sigma * _tri_solve_t(fit.blocks[k][0], rng.standard_normal(per))
+                     for k in range(len(fit.arms))]
+            means = np.array([fit.c + V[i, :per] @ fit.thetas[k] + V[i, per:] @ fit.beta for i, k in enumerate(ks)])
+            sampled = np.array([fit.c + V[i, :per] @ drawn[k] + V[i, per:] @ beta for i, k in enumerate(ks)])
             pmf = epsilon_floor(sampled, self.epsilon, rng)
             return Decision(pmf=pmf, chosen=sample(pmf, rng), means=means, bonuses=sampled - means)
         means, bonuses = self.scores(actions)
@@ -263,3 +278,23 @@ class PooledRidge(Policy):
         return {"context_names": list(self.context_names), "action_names": list(self.action_names),
                 "S": {a: s.copy() for a, s in self.S.items()}, "t": {a: v.copy() for a, v in self.t.items()},
                 "reward_sum": self.reward_sum, "reward_sq": self.reward_sq}
+
+
+class _Fit:
+    """The solved posterior: transform, centring, per-arm blocks, β and its Schur factor."""
+
+    __slots__ = ("arms", "per", "M", "c", "blocks", "Ls", "beta", "thetas", "sigma")
+
+    def __init__(self, arms, per, M, c, blocks, Ls, beta, thetas, sigma):
+        self.arms, self.per, self.M, self.c = arms, per, M, c
+        self.blocks, self.Ls, self.beta, self.thetas, self.sigma = blocks, Ls, beta, thetas, sigma
+
+
+def _chol_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A⁻¹ b for A = L Lᵀ."""
+    return np.linalg.solve(L.T, np.linalg.solve(L, b))
+
+
+def _tri_solve_t(L: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """L⁻ᵀ z: with z standard normal, a draw with covariance (L Lᵀ)⁻¹."""
+    return np.linalg.solve(L.T, z) if len(z) else z
