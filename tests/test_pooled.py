@@ -38,7 +38,9 @@ def _reference(arms, rows, lam_b, lam_w, lam_g, beta0):
     mean0 = np.zeros(P)
     mean0[-2:] = beta0
     theta = np.linalg.solve(D.T @ D + np.diag(prior), D.T @ (r - c) + prior * mean0)
-    return theta, c, X.mean(0), X.std(0), G.mean(0), D.T @ D + np.diag(prior)
+    rss = float(((r - c - D @ theta) ** 2).sum())
+    sigma = np.sqrt((2.0 * r.var() + rss) / (2.0 + len(r)))  # residual spread, 2 pseudo-obs at var(r)
+    return theta, c, X.mean(0), X.std(0), G.mean(0), D.T @ D + np.diag(prior), sigma
 
 
 def test_pooled_ridge_matches_the_numpy_reference():
@@ -50,7 +52,7 @@ def test_pooled_ridge_matches_the_numpy_reference():
         pol.add_arm(ArmSpec(a, "linear"))
     for arm, x, g, r in rows:
         pol.learn_one(arm, x, r, g)
-    theta, c, mu, sd, gbar, A = _reference(arms, rows, 1.0, 10.0, 2.0, [1.0, 0.0])
+    theta, c, mu, sd, gbar, A, sigma = _reference(arms, rows, 1.0, 10.0, 2.0, [1.0, 0.0])
     coef = pol.coefficients()
     assert coef["c"] == pytest.approx(c, abs=1e-12)
     assert coef["beta"]["trial_exact"] == pytest.approx(theta[-2], abs=1e-9)
@@ -63,7 +65,6 @@ def test_pooled_ridge_matches_the_numpy_reference():
     x = {"k": 0.4, "m": 2.5}
     acts = [Action(a, x, features={"trial_exact": 0.2 + 0.3 * i, "trial_kl": 0.5}) for i, a in enumerate(arms)]
     means, bonuses = pol.scores(acts)
-    sigma = np.std([r for *_, r in rows])
     for i, a in enumerate(acts):
         v = np.zeros(len(theta))
         k = arms.index(a.arm)

@@ -16,8 +16,9 @@ in float64 and in arrival order, so `rebuild` reproduces them bit for bit from t
 centring and scaling are linear in u (u starts with 1), so the centred, scaled statistics
 are M S Mᵀ and M (t − c·s) at decision time, exact for the current c, μ, σ, ḡ.
 
-Exploration: UCB, mean + α·σ_r·√(vᵀ A⁻¹ v) with σ_r the standard deviation of the rewards
-so far (so α is free of the reward's scale), or Thompson sampling from N(θ̂, σ_r² A⁻¹); the
+Exploration: UCB, mean + α·σ·√(vᵀ A⁻¹ v) with σ the residual standard deviation of the fit
+(shrunk towards the rewards' spread; so α is free of the reward's scale), or Thompson
+sampling from N(θ̂, σ² A⁻¹); the
 best action gets 1 − ε and every action ε/K, so logs stay evaluable.
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ from bandit.policies.exploration import epsilon_floor, sample
 from bandit.policies.base import Action, ArmSpec, Decision, Policy
 
 DEFAULT_ANCHOR = "trial_exact"
+# Before two rewards there is no scale to read: 0.1 stands in, wide for rewards in [0, 1].
+NOISE_FALLBACK = 0.1
+NOISE_PRIOR_WEIGHT = 2.0
 
 
 class PooledRidge(Policy):
@@ -164,10 +168,11 @@ class PooledRidge(Policy):
             beta0[self.action_names.index(self.anchor)] = self.anchor_prior
         G = np.eye(ng) * self.lam_action
         g = self.lam_action * beta0
-        blocks = []
+        blocks, data = [], []
         for arm in arms:
             S = M @ self.S[arm] @ M.T
             t = M @ (self.t[arm] - c * self.S[arm][0])
+            data.append((S, t))
             D = S[:per, :per] + np.diag(prior_arm)
             C = S[:per, per:]
             G += S[per:, per:]
@@ -181,12 +186,26 @@ class PooledRidge(Policy):
         Ls = np.linalg.cholesky(G) if ng else np.zeros((0, 0))
         beta = _chol_solve(Ls, g) if ng else np.zeros(0)
         thetas = [Dib - DiC @ beta for (_, _, DiC, Dib) in blocks]
-        n = self.n
-        var_r = self.reward_sq / n - (self.reward_sum / n) ** 2 if n >= 2 else 0.0
-        # Before two rewards there is no scale to read: 0.1 stands in, wide for rewards in [0, 1].
-        sigma = math.sqrt(var_r) if n >= 2 and var_r > 0 else 0.1
+        sigma = self._noise_scale(c, data, thetas, beta)
         self._solved = _Fit(arms, per, M, c, blocks, Ls, beta, thetas, sigma)
         return self._solved
+
+    def _noise_scale(self, c: float, data, thetas, beta) -> float:
+        """σ for the posterior covariance σ²A⁻¹: the residual standard deviation of the fit,
+        shrunk towards the rewards' own spread by NOISE_PRIOR_WEIGHT pseudo-observations (so
+        one early lucky fit cannot stop exploration). Residuals, not raw rewards: what the
+        trial signal already explains is no longer uncertain."""
+        n = self.n
+        if n == 0:
+            return NOISE_FALLBACK
+        spread = max(self.reward_sq - n * c * c, 0.0)  # Σ (r − c)²
+        rss = spread
+        for (S, t), theta in zip(data, thetas):
+            full = np.concatenate([theta, beta])
+            rss += -2.0 * full @ t + full @ S @ full
+        rss = max(rss, 0.0)
+        prior_var = spread / n if n >= 2 and spread > 0 else NOISE_FALLBACK ** 2
+        return math.sqrt((NOISE_PRIOR_WEIGHT * prior_var + rss) / (NOISE_PRIOR_WEIGHT + n))
 
     def coefficients(self) -> dict[str, Any]:
         """The fitted model in named form: c, β by action feature, b and w per arm."""
