@@ -465,21 +465,27 @@ def models():
 @click.argument("name")
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--base", help="Registered model this one was fine-tuned from.")
+@click.option("--probes", type=click.Path(exists=True, dir_okay=False),
+              help="The model's own unlabeled probe texts, one per line (its domain; used by trial merges).")
 @db_option
 @json_option
-def models_add(name, path, base, db_path, as_json):
+def models_add(name, path, base, probes, db_path, as_json):
     """Register checkpoint folder PATH as NAME (re-registering updates it)."""
     from bandit.service.catalog import add_model
     from store import Store
 
+    texts = None
+    if probes:
+        with open(probes, encoding="utf-8") as f:
+            texts = f.read().splitlines()
     with Store(db_path) as store:
-        row = add_model(store, name, path, base)
+        row = add_model(store, name, path, base, texts)
     if as_json:
         emit_json(row)
     else:
         of = f" (fine-tune of {base})" if base else ""
         click.echo(f"registered {name}{of}: {row['tensors']} tensors, {row['bytes'] / 1e6:.1f} MB, "
-                   f"fingerprint {row['fingerprint'][:12]}")
+                   f"fingerprint {row['fingerprint'][:12]}" + (f", {row['probes']} probes" if "probes" in row else ""))
 
 
 @main.command("features")

@@ -73,7 +73,7 @@ def texts_hash(texts: Sequence[str]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
-def _checkpoint_fingerprint(folder: str | os.PathLike) -> str:
+def checkpoint_fingerprint(folder: str | os.PathLike) -> str:
     from merging.checkpoint import Checkpoint
     from merging.errors import MergeError
 
@@ -193,7 +193,7 @@ def reference_outputs(folder: str | os.PathLike, probes: Sequence[str], *, devic
     probes = [p.strip() for p in probes if p and p.strip()]
     if not probes:
         raise FeatureError(f"{folder}: no probe texts for trial merges")
-    key = f"{_checkpoint_fingerprint(folder)}-{texts_hash(probes)}-{max_new_tokens}-v{TRIAL_VERSION}"
+    key = f"{checkpoint_fingerprint(folder)}-{texts_hash(probes)}-{max_new_tokens}-v{TRIAL_VERSION}"
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"{key}.pt"
     if path.is_file():
@@ -384,11 +384,47 @@ class TrialRunner:
                            time.perf_counter() - t0)
 
 
-def action_key(base: str, a: str, b: str, operator: str, params: Mapping[str, Any], probes_a: Sequence[str],
-               probes_b: Sequence[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0) -> str:
-    """A cache key for one action's trial features: checkpoints' fingerprints, the arm, the
-    probes and every setting that changes the numbers."""
-    stamp = json.dumps([_checkpoint_fingerprint(base), _checkpoint_fingerprint(a), _checkpoint_fingerprint(b),
-                        operator, dict(params), texts_hash(probes_a), texts_hash(probes_b), max_new_tokens,
-                        seed, TRIAL_VERSION], sort_keys=True)
+def pair_fingerprints(base: str | os.PathLike, a: str | os.PathLike, b: str | os.PathLike) -> tuple[str, str, str]:
+    return checkpoint_fingerprint(base), checkpoint_fingerprint(a), checkpoint_fingerprint(b)
+
+
+def action_key(fingerprints: tuple[str, str, str], operator: str, params: Mapping[str, Any],
+               probes_a: Sequence[str], probes_b: Sequence[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               seed: int = 0) -> str:
+    """A cache key for one action's trial features: the checkpoints' fingerprints (base, A,
+    B), the arm, the probes and every setting that changes the numbers."""
+    stamp = json.dumps([*fingerprints, operator, dict(params), texts_hash(probes_a), texts_hash(probes_b),
+                        max_new_tokens, seed, TRIAL_VERSION], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:32]
+
+
+ACTION_CACHE = "trial-actions.json"
+
+
+class ActionCache:
+    """Trial features per action on disk (`<cache_dir>/trial-actions.json`), by `action_key`."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None):
+        self.path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / ACTION_CACHE
+        try:
+            self.entries: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            self.entries = {}  # a damaged cache is rebuilt, never trusted
+        self.fresh = 0
+
+    def get(self, key: str) -> dict[str, float] | None:
+        entry = self.entries.get(key)
+        return dict(entry["features"]) if entry else None
+
+    def put(self, key: str, features: Mapping[str, float], seconds: float) -> None:
+        self.entries[key] = {"features": dict(features), "seconds": seconds}
+        self.fresh += 1
+
+    def save(self) -> None:
+        if not self.fresh:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+        self.fresh = 0

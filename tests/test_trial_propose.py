@@ -81,6 +81,8 @@ def test_rebuild_is_exact_with_action_features_and_pooled_learns_them(svc):
         p = svc.propose_merge("t", ["a", "b"], seed=i, structural_only=True, device="cpu", trial_merges=True,
                               trial_budget=3)
         svc.reward(p.event_id, float(rng.uniform()))
+        if i:  # the same actions again: their signals come from the on-disk action cache
+            assert p.trial["cached"] > 0
     rep = svc.rebuild(check=True)
     assert rep.clean and rep.max_abs_diff == 0.0
     # The per-arm ridge learned the chosen actions' trial features as `a:` inputs.

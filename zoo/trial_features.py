@@ -1,9 +1,9 @@
 """Trial-merge features for every action of a zoo's outcome table, cached in the zoo folder.
 
 An action is (ordered expert pair, arm). Each expert's probes are its own task's prompts
-(`probes/<task>.txt`); the experts' reference continuations are cached under
-`<zoo>/probe-outputs/`, and each action's features in `<zoo>/trial-cache.json`, keyed by
-the checkpoints' fingerprints, the arm and the probes, so a re-run computes only what is new.
+(`probes/<task>.txt`); the experts' reference continuations and each action's features are
+cached under `<zoo>/probe-outputs/`, keyed by the checkpoints' fingerprints, the arm and the
+probes, so a re-run computes only what is new.
 
 The columns added to an outcome-table row are `a:<arm>:<feature>` (DESIGN.md, outcome
 tables v2: the action feature of that arm on that row).
@@ -19,7 +19,6 @@ from typing import Any
 from bandit.arms import DEFAULT_ARMS
 from zoo.manifest import Zoo
 
-CACHE_NAME = "trial-cache.json"
 MERGE_SEED = 0  # the outcome table's merges use the same seed, so the trial is that merge
 
 
@@ -34,39 +33,44 @@ def task_probes(zoo: Zoo, task: str) -> list[str]:
 def zoo_trial_features(zoo: Zoo, *, arms: Sequence[tuple[str, str, dict]] = DEFAULT_ARMS, device: str = "cpu",
                        pairs: Sequence[tuple[str, str]] | None = None,
                        on_cell: Callable[[str, str, str, bool], None] | None = None) -> dict[tuple[str, str, str], dict]:
-    """{(task A, task B, arm): trial features} for every ordered pair (default: all) and arm."""
-    from bandit.files import write_atomically
-    from features.trial import TrialRunner, action_key
+    """{(task A, task B, arm): trial features} for every ordered pair (default: all) and arm.
 
-    cache_path = zoo.root / CACHE_NAME
-    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    The cache is the service's own (`features.trial.ActionCache` in `<zoo>/probe-outputs`),
+    with the same keys, so `propose --trial-merges` on the zoo's experts reuses it."""
+    from features.trial import ActionCache, TrialRunner, action_key, checkpoint_fingerprint
+
+    cache = ActionCache(cache_dir(zoo))
     out: dict[tuple[str, str, str], dict] = {}
-    fresh = 0
+    fingerprints = {t: checkpoint_fingerprint(zoo.expert(t)) for t in zoo.tasks}
+    base_fp = checkpoint_fingerprint(zoo.base)
     try:
         for a, b in (pairs if pairs is not None else zoo.pairs()):
             pa, pb = task_probes(zoo, a), task_probes(zoo, b)
+            fps = (base_fp, fingerprints[a], fingerprints[b])
             runner = None
             for arm, operator, params in arms:
-                key = action_key(str(zoo.base), str(zoo.expert(a)), str(zoo.expert(b)), operator, params, pa, pb,
-                                 seed=MERGE_SEED)
-                hit = key in cache
-                if not hit:
+                key = action_key(fps, operator, params, pa, pb, seed=MERGE_SEED)
+                hit = cache.get(key)
+                if hit is None:
                     if runner is None:
                         runner = TrialRunner(zoo.base, zoo.expert(a), zoo.expert(b), pa, pb, device=device,
-                                             cache_dir=zoo.root / "probe-outputs", seed=MERGE_SEED)
+                                             cache_dir=cache_dir(zoo), seed=MERGE_SEED)
                     t0 = time.perf_counter()
                     result = runner.trial(operator, params)
-                    cache[key] = {"features": result.features, "seconds": time.perf_counter() - t0}
-                    fresh += 1
-                    if fresh % 32 == 0:  # keep what was computed if the run is interrupted
-                        write_atomically(cache_path, json.dumps(cache, indent=1, sort_keys=True).encode())
-                out[(a, b, arm)] = cache[key]["features"]
+                    cache.put(key, result.features, time.perf_counter() - t0)
+                    if cache.fresh >= 32:  # keep what was computed if the run is interrupted
+                        cache.save()
+                out[(a, b, arm)] = cache.get(key)
                 if on_cell is not None:
-                    on_cell(a, b, arm, hit)
+                    on_cell(a, b, arm, hit is not None)
     finally:
-        if fresh:
-            write_atomically(cache_path, json.dumps(cache, indent=1, sort_keys=True).encode())
+        cache.save()
     return out
+
+
+def cache_dir(zoo: Zoo) -> Path:
+    """Where the zoo keeps its experts' reference outputs and its per-action trial features."""
+    return zoo.root / "probe-outputs"
 
 
 def add_trial_columns(rows: list[dict[str, Any]], zoo: Zoo, arms: Sequence[str], *, device: str = "cpu",

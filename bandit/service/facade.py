@@ -373,7 +373,7 @@ class Service:
     def propose_merge(
         self, task: str, models: Sequence[str], *, seed: int | None = None, structural_only: bool = False,
         device: str = "auto", progress: bool = False, trial_merges: bool | None = None,
-        trial_budget: int | None = None, keep_merge: bool = False,
+        trial_budget: int | None = None, keep_merge: bool = False, trial_cache_dir: str | None = None,
     ) -> Proposal:
         """Choose operator, order and pair for merging two of `models` (registered fine-tunes
         of one base) for `task`: features for every ordered pair (cached), then `propose`.
@@ -381,7 +381,9 @@ class Service:
         With trial merges (None: the database's setting), every candidate action — or the
         `trial_budget` most promising by the pre-trial scores — is merged in memory and
         scored against the experts' own outputs; the signals are the actions' features.
-        `keep_merge` keeps the chosen action's merge so `merge_event` writes it directly."""
+        `keep_merge` keeps the chosen action's merge so `merge_event` writes it directly.
+        Reference outputs and per-action signals are cached in `trial_cache_dir` (default:
+        $SIMMERGE_HOME/probe-outputs or ~/.cache/simmerge/probe-outputs)."""
         from bandit.service.context import common_base, pair_features, task_probes
 
         task = check_task_name(task)
@@ -408,15 +410,15 @@ class Service:
             return self.propose(task, contexts, pairs, seed=seed, inputs=inputs)
         if trial_budget is None:
             trial_budget = settings.get("budget")
-        report = self._trials(task, pairs, base, paths, contexts, device, trial_budget, keep_merge)
+        report = self._trials(task, pairs, base, paths, contexts, device, trial_budget, keep_merge, trial_cache_dir)
         proposal = self.propose(task, contexts, pairs, seed=seed, inputs=inputs, action_features=report.features)
         proposal.trial = report.to_dict()
         chosen = (pairs.index((proposal.model_a, proposal.model_b)), proposal.arm)
         self._kept_merge = (proposal.event_id, report.kept.get(chosen))
-        proposal.trial["chosen_was_trialled"] = chosen in report.kept or proposal.arm in report.features[chosen[0]]
+        proposal.trial["chosen_was_trialled"] = proposal.arm in report.features[chosen[0]]
         return proposal
 
-    def _trials(self, task, pairs, base, paths, contexts, device, budget, keep):
+    def _trials(self, task, pairs, base, paths, contexts, device, budget, keep, cache_dir):
         from bandit.service.context import task_probes
         from bandit.service.trials import run_trials, select_actions
 
@@ -429,8 +431,7 @@ class Service:
             scores = (means + bonuses).tolist()
         selected = select_actions(scores or [0.0] * len(keys), keys, budget)
         task_texts = task_probes(self.store, task)
-        own = {m: self.store.model_probes(m) for m in {x for p in pairs for x in p}} \
-            if hasattr(self.store, "model_probes") else {}
+        own = {m: self.store.model_probes(m) for m in {x for p in pairs for x in p}}
 
         def probes_of(model: str) -> list[str]:
             texts = own.get(model) or task_texts
@@ -440,7 +441,8 @@ class Service:
             return texts
 
         specs = {arm: (policy.specs[arm].operator, dict(policy.specs[arm].params)) for arm in arms}
-        report = run_trials(base["path"], pairs, paths, probes_of, specs, selected, device=device, keep=keep)
+        report = run_trials(base["path"], pairs, paths, probes_of, specs, selected, device=device, keep=keep,
+                            cache_dir=cache_dir)
         report.budget = budget
         return report
 

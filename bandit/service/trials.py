@@ -22,13 +22,14 @@ class TrialReport:
 
     features: list[dict[str, dict[str, float]]]
     merges: int = 0
+    cached: int = 0               # actions whose features came from the on-disk cache
     seconds: float = 0.0
     reference_cache_hits: int = 0
     budget: int | None = None
     kept: dict[tuple[int, str], Any] = field(default_factory=dict, repr=False)  # (candidate, arm) -> InMemoryMerge
 
     def to_dict(self) -> dict[str, Any]:
-        return {"merges": self.merges, "seconds": round(self.seconds, 3), "budget": self.budget,
+        return {"merges": self.merges, "cached": self.cached, "seconds": round(self.seconds, 3), "budget": self.budget,
                 "reference_cache_hits": self.reference_cache_hits}
 
 
@@ -48,26 +49,43 @@ def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, 
                cache_dir: str | None = None, seed: int = 0) -> TrialReport:
     """Trial every selected (candidate, arm); `arms` maps arm name -> (operator, params)."""
     from features.errors import FeatureError
-    from features.trial import TrialRunner
+    from features.trial import ActionCache, TrialRunner, action_key, checkpoint_fingerprint
 
     started = time.perf_counter()
     report = TrialReport([{} for _ in pairs])
-    for c, (a, b) in enumerate(pairs):
-        wanted = [arm for arm in arms if (c, arm) in selected]
-        if not wanted:
-            continue
-        try:
-            runner = TrialRunner(base, paths[a], paths[b], probes_of(a), probes_of(b), device=device,
-                                 cache_dir=cache_dir, seed=seed)
-            report.reference_cache_hits += runner.reference_cache_hits
+    cache = ActionCache(cache_dir)
+    try:
+        fingerprints = {m: checkpoint_fingerprint(p) for m, p in paths.items()}
+        base_fp = checkpoint_fingerprint(base)
+        for c, (a, b) in enumerate(pairs):
+            wanted = [arm for arm in arms if (c, arm) in selected]
+            if not wanted:
+                continue
+            pa, pb = probes_of(a), probes_of(b)
+            runner = None
             for arm in wanted:
                 operator, params = arms[arm]
+                key = action_key((base_fp, fingerprints[a], fingerprints[b]), operator, params, pa, pb, seed=seed)
+                cached = cache.get(key)
+                # A kept merge is wanted only for --merge-to; then the cache cannot supply it.
+                if cached is not None and not keep:
+                    report.features[c][arm] = cached
+                    report.cached += 1
+                    continue
+                if runner is None:
+                    runner = TrialRunner(base, paths[a], paths[b], pa, pb, device=device, cache_dir=cache_dir,
+                                         seed=seed)
+                    report.reference_cache_hits += runner.reference_cache_hits
+                t0 = time.perf_counter()
                 result = runner.trial(operator, params, keep=keep)
+                cache.put(key, result.features, time.perf_counter() - t0)
                 report.features[c][arm] = result.features
                 report.merges += 1
                 if keep:
                     report.kept[(c, arm)] = result.merge
-        except FeatureError as e:
-            raise BanditError(f"trial merge of {a} + {b}: {e}") from None
+    except FeatureError as e:
+        raise BanditError(f"trial merges: {e}") from None
+    finally:
+        cache.save()
     report.seconds = time.perf_counter() - started
     return report
