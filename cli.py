@@ -877,9 +877,13 @@ def zoo_outcomes(out, directory, size, device, structural_only, as_json):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Learning curve PNG [default: next to the database].")
+@click.option("--policy", "policy_name", default="pooled", show_default=True,
+              help="Live policy for the demo's database (pooled, linucb, lints, hybrid, vw, ...).")
+@click.option("--trial-merges/--no-trial-merges", default=True, show_default=True,
+              help="Propose with trial-merge signals; the other tier is replayed from the outcome table.")
 @db_option
 @json_option
-def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
+def demo(rounds, seed, directory, size, device, plot, policy_name, trial_merges, db_path, as_json):
     """The whole loop on the embedded zoo: propose, merge, evaluate, reward, for ROUNDS requests.
 
     Builds the zoo and its outcome table first when they are missing (cached afterwards).
@@ -903,7 +907,8 @@ def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
         pair = f"{r.model_a.removeprefix('expert-')}, {r.model_b.removeprefix('expert-')}"
         click.echo(f"{r.round:>5}  {pair:<28} {r.arm:<17} {r.reward:>6.3f} {r.running_mean:>6.3f}")
 
-    s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show)
+    s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show,
+                 policy=policy_name, trial_merges=trial_merges)
     if as_json:
         emit_json(s.to_dict())
         return
@@ -912,13 +917,20 @@ def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
     n = max(s.rounds, 1)
     click.echo("")
     click.echo(f"cumulative reward over {s.rounds} rounds (mean per round):")
-    click.echo(f"  bandit          {s.bandit:8.3f}  ({s.bandit / n:.4f})")
+    tier = f"{s.policy}, {'with' if s.trial_merges else 'without'} trial merges"
+    click.echo(f"  bandit          {s.bandit:8.3f}  ({s.bandit / n:.4f})  [{tier}, live]")
+    if s.other_tier is not None:
+        click.echo(f"  other tier      {s.other_tier:8.3f}  ({s.other_tier / n:.4f})  [{s.other_tier_label}]")
     click.echo(f"  best fixed arm  {s.best_fixed:8.3f}  ({s.best_fixed / n:.4f})  [{s.best_fixed_arm}, chosen in hindsight]")
     click.echo(f"  random arm      {s.random:8.3f}  ({s.random / n:.4f})")
     click.echo(f"  oracle          {s.oracle:8.3f}  ({s.oracle / n:.4f})")
     gap = s.oracle - s.best_fixed
     if gap > 0:
-        click.echo(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%}")
+        click.echo(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%} live"
+                   + (f", {(s.other_tier - s.best_fixed) / gap:+.1%} {s.other_tier_label}" if s.other_tier is not None else ""))
+    if s.trial_merges:
+        click.echo(f"  trial merges: {s.trial_merges_run} run in {s.trial_seconds:.1f} s "
+                   f"(the rest from the zoo's cache)")
     click.echo(f"  first half mean {s.first_half_mean:.4f}, second half mean {s.second_half_mean:.4f}")
     click.echo("  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
     if s.plot:
