@@ -11,7 +11,7 @@ from typing import Any, Callable
 from bandit.errors import BanditError
 from bandit.policies.base import Policy
 
-DEFAULT_POLICY = {"name": "linucb", "params": {"alpha": 1.0, "lambda": 1.0, "epsilon": 0.05}}
+DEFAULT_POLICY = {"name": "pooled", "params": {}}
 
 
 def _take(params: dict[str, Any], policy: str, allowed: dict[str, Any]) -> dict[str, Any]:
