@@ -10,9 +10,9 @@ reward of the same requests, per seed; printed as the mean with a 95% Student-t 
   over the second half of all requests.
 Only the chosen arm's reward is revealed to the policy (replay of a full-information table).
 
-Policies: `pooled+trial` (the pooled ridge with the trial-merge action features),
-`pooled` (the same without them), `signal` (zero-shot: the arm with the highest averaged
-trial agreement, no learning), `linucb` (per-arm ridge on the context, the old default).
+Policies: any registered name, with `+trial` to give it the actions' trial-merge signals
+(`pooled+trial`, `linucb+trial`, ...; `pooled-ts` = pooled with Thompson sampling), and
+`signal` (zero-shot: the arm with the highest averaged trial agreement, no learning).
 With `--zoo`, the trial features come from the zoo's per-action cache (computed when
 missing, which takes minutes); `--synthetic` uses the package's synthetic generator and adds
 a noisy "trial signal" = the noiseless reward + N(0, 0.05²) per action — a table no design
@@ -60,14 +60,14 @@ def synthetic_table(seed: int = 0, rows: int = 90, signal_noise: float = 0.05):
 
 
 def make(name: str):
-    from bandit.policies.pooled import PooledRidge
+    """`NAME[+trial]`: a registered policy with its defaults; `pooled-ts` is pooled with
+    Thompson sampling. `+trial` gives the policy the actions' trial signals."""
     from bandit.policies.registry import make_policy
 
-    if name in ("pooled+trial", "pooled"):
-        return PooledRidge()
-    if name == "pooled-ts+trial":
-        return PooledRidge(exploration="ts")
-    return make_policy(name)
+    base = name.removesuffix("+trial")
+    if base == "pooled-ts":
+        return make_policy("pooled", {"exploration": "ts"})
+    return make_policy(base)
 
 
 def run(name: str, arms, contexts, features, R, seed: int, passes: int) -> tuple[np.ndarray, np.ndarray]:
