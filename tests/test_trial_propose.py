@@ -76,13 +76,16 @@ def test_budget_trials_only_the_most_promising_actions(svc):
 
 
 def test_rebuild_is_exact_with_action_features_and_pooled_learns_them(svc):
+    first, again = (svc.propose_merge("t", ["a", "b"], seed=s, structural_only=True, device="cpu",
+                                      trial_merges=True, trial_budget=3) for s in (0, 1))
+    # Nothing learned in between: the same three actions, their signals from the on-disk cache.
+    assert (first.trial["merges"], first.trial["cached"]) == (3, 0)
+    assert (again.trial["merges"], again.trial["cached"]) == (0, 3)
     rng = np.random.default_rng(0)
     for i in range(4):
         p = svc.propose_merge("t", ["a", "b"], seed=i, structural_only=True, device="cpu", trial_merges=True,
                               trial_budget=3)
         svc.reward(p.event_id, float(rng.uniform()))
-        if i:  # the same actions again: their signals come from the on-disk action cache
-            assert p.trial["cached"] > 0
     rep = svc.rebuild(check=True)
     assert rep.clean and rep.max_abs_diff == 0.0
     # The per-arm ridge learned the chosen actions' trial features as `a:` inputs.
