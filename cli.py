@@ -118,12 +118,17 @@ def _merge_event(svc, event_id, out_dir: str, device: str, quiet: bool, **engine
 @click.option("--structural-only", is_flag=True, help="Weights-only features (no forward passes).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N for features and merge.")
 @click.option("--merge-to", type=click.Path(file_okay=False), help="Also run the chosen merge into this folder.")
+@click.option("--trial-merges/--no-trial-merges", default=None,
+              help="Merge every candidate action in memory first and score it against the experts' own "
+                   "outputs (action features). Default: the database's setting (bandit policy trials).")
+@click.option("--trial-budget", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Trial only the M most promising actions by the pre-trial scores.")
 @click.option("--seed", help="Seed for tie-breaking and sampling, 0 to 2^63 - 1 (logged either way).")
 @server_option
 @db_option
 @json_option
-def propose(task, models, more_models, features, context_json, structural_only, device, merge_to, seed, server,
-            db_path, as_json):
+def propose(task, models, more_models, features, context_json, structural_only, device, merge_to, trial_merges,
+            trial_budget, seed, server, db_path, as_json):
     """Choose a merge operator (an arm) for TASK and log the decision as an event.
 
     With --models, every ordered pair of the models is a candidate: the policy picks the
@@ -160,10 +165,13 @@ def propose(task, models, more_models, features, context_json, structural_only, 
             raise BanditError("give either --models (features are computed) or --feature/--context-json, not both")
         svc = _service(db_path)
         p = svc.propose_merge(task, models, seed=seed, structural_only=structural_only, device=device,
-                              progress=not as_json and sys.stderr.isatty())
+                              progress=not as_json and sys.stderr.isatty(), trial_merges=trial_merges,
+                              trial_budget=trial_budget, keep_merge=bool(merge_to))
     else:
         if merge_to:
             raise BanditError("--merge-to needs --models: there is nothing to merge without models")
+        if trial_merges or trial_budget:
+            raise BanditError("--trial-merges needs --models: trial merges merge the candidate pairs")
         context = parse_context(features, context_json)
         svc = _service(db_path)
         p = svc.propose(task, context, seed=seed)
@@ -458,13 +466,17 @@ def models():
 @click.argument("name")
 @click.argument("path", type=click.Path(file_okay=False))
 @click.option("--base", help="Registered model this one was fine-tuned from.")
+@click.option("--probes", type=click.Path(exists=True, dir_okay=False),
+              help="The model's own unlabeled probe texts, one per line (its domain; used by trial merges).")
 @db_option
 @json_option
-def models_add(name, path, base, db_path, as_json):
+def models_add(name, path, base, probes, db_path, as_json):
     """Register checkpoint folder PATH as NAME (re-registering updates it)."""
     from bandit import render
+    from bandit.inputs import read_text_lines
 
-    model = _service(db_path).add_model(name, path, base)
+    texts = read_text_lines(probes, "probes") if probes else None
+    model = _service(db_path).add_model(name, path, base, probes=texts)
     emit_json(model) if as_json else click.echo(render.model_added(model))
 
 
@@ -690,7 +702,7 @@ def fit_cmd(table_path, strength, zoo_table, replace, clear, db_path, as_json):
         emit_json(record)
         return
     click.echo(render.fitted_prior(record))
-    if record["policy"] and record["policy"]["name"] in ("hybrid", "vw"):
+    if record["policy"] and record["policy"]["name"] in ("pooled", "hybrid", "vw"):
         click.echo(f"note: the live policy {record['policy']['name']} learns from the log and does not use the prior; "
                    "linucb, lints and egreedy do", err=True)
 
@@ -706,7 +718,7 @@ def policy():
 @db_option
 @json_option
 def policy_set(name, params, db_path, as_json):
-    """Make NAME (linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
+    """Make NAME (pooled, linucb, hybrid, lints, egreedy, random, fixed, vw) the live policy, with K=V settings."""
     from bandit import render
     from bandit.errors import BanditError
     from bandit.inputs import parse_params
@@ -723,6 +735,20 @@ def policy_set(name, params, db_path, as_json):
             raise BanditError(f"parameter {k!r} given twice")
     info = _service(db_path).set_policy(name, {**extra, **values})
     emit_json(info) if as_json else click.echo(render.policy(info))
+
+
+@policy.command("trials")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.option("--budget", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Trial only the M most promising actions (default: all).")
+@db_option
+@json_option
+def policy_trials(switch, budget, db_path, as_json):
+    """Turn trial merges on or off for every `propose --models` of this database."""
+    from bandit import render
+
+    out = _service(db_path).set_trial_merges(switch == "on", budget)
+    emit_json(out) if as_json else click.echo(render.trial_setting(out))
 
 
 @policy.command("show")
@@ -766,8 +792,9 @@ def zoo_group() -> None:
 @zoo_group.command("build")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="Zoo folder (default: $SIMMERGE_HOME/zoo/SIZE or ~/.cache/simmerge/zoo/SIZE).")
-@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True,
-              help="tiny: ~0.9M params, minutes on a CPU; small: larger and slower; reduced: 3 tasks, for tests.")
+@click.option("--size", type=click.Choice(["tiny", "small", "strong", "reduced"]), default="tiny", show_default=True,
+              help="tiny: ~0.9M params, minutes on a CPU; small: larger and slower; strong: 8 tasks, longer "
+                   "fine-tunes, another seed (a second family to measure on); reduced: 3 tasks, for tests.")
 @json_option
 def zoo_build(directory, size, as_json) -> None:
     """Build the zoo, or complete it: models already built with the same recipe are reused."""
@@ -827,7 +854,7 @@ def _outcomes(z, out, device, structural_only, quiet):
 @zoo_group.command("outcomes")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Outcome table to write (.csv or .jsonl).")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
-@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "small", "strong", "reduced"]), default="tiny", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--structural-only", is_flag=True, help="Weights-only features in the f: columns.")
 @json_option
@@ -848,13 +875,17 @@ def zoo_outcomes(out, directory, size, device, structural_only, as_json):
 @click.option("--rounds", type=click.IntRange(1), default=60, show_default=True, help="Merge requests to run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the request stream and the policy.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None, help="Zoo folder.")
-@click.option("--size", type=click.Choice(["tiny", "small", "reduced"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "small", "strong", "reduced"]), default="tiny", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Learning curve PNG [default: next to the database].")
+@click.option("--policy", "policy_name", default="pooled", show_default=True,
+              help="Live policy for the demo's database (pooled, linucb, lints, hybrid, vw, ...).")
+@click.option("--trial-merges/--no-trial-merges", default=True, show_default=True,
+              help="Propose with trial-merge signals; the other tier is replayed from the outcome table.")
 @db_option
 @json_option
-def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
+def demo(rounds, seed, directory, size, device, plot, policy_name, trial_merges, db_path, as_json):
     """The whole loop on the embedded zoo: propose, merge, evaluate, reward, for ROUNDS requests.
 
     Builds the zoo and its outcome table first when they are missing (cached afterwards).
@@ -875,7 +906,8 @@ def demo(rounds, seed, directory, size, device, plot, db_path, as_json):
         if not as_json:
             click.echo(render.demo_round(r))
 
-    s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show)
+    s = run_demo(z, table, db_path, rounds=rounds, seed=seed, device=device, plot=plot, on_round=show,
+                 policy=policy_name, trial_merges=trial_merges)
     emit_json(s) if as_json else click.echo(render.demo_summary(s, db_path))
 
 

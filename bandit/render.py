@@ -47,9 +47,17 @@ def proposal(p, *, merging: bool = False) -> str:
     lines = [f"event {p.event_id}: {p.arm}  ({p.operator} {params(p.params)}){pair}",
              f"  task {p.task}   policy {p.policy}   p={p.prob:.3f}",
              f"  predicted reward {p.predicted:.4f}   bonus {p.bonus:.4f}"]
+    if p.trial is not None:
+        lines.append(f"  trial merges: {p.trial['merges']} in {p.trial['seconds']:.1f} s"
+                     + (f" (budget {p.trial['budget']})" if p.trial.get("budget") else ""))
     if p.model_a and not merging:
         lines.append(f"  merge it with: bandit merge --event {p.event_id} --out DIR")
     return "\n".join(lines)
+
+
+def trial_setting(out: dict) -> str:
+    return (f"trial merges {'on' if out['on'] else 'off'}"
+            + (f", budget {out['budget']}" if out["on"] and out["budget"] else ""))
 
 
 def proposal_footer(p) -> str:
@@ -102,7 +110,7 @@ def tasks(rows) -> str:
 def model_added(m) -> str:
     of = f" (fine-tune of {m.base})" if m.base else ""
     return (f"registered {m.name}{of}: {m.tensors} tensors, {m.bytes / 1e6:.1f} MB, "
-            f"fingerprint {m.fingerprint[:12]}")
+            f"fingerprint {m.fingerprint[:12]}" + (f", {m.probes} probes" if m.probes is not None else ""))
 
 
 def models(rows) -> str:
@@ -302,14 +310,21 @@ def demo_summary(s, db_path: str) -> str:
     if s.interrupted:
         lines.append(f"interrupted after {s.rounds} rounds; all of them are in {db_path}")
     n = max(s.rounds, 1)
+    tier = f"{s.policy}, {'with' if s.trial_merges else 'without'} trial merges"
     lines += ["", f"cumulative reward over {s.rounds} rounds (mean per round):",
-              f"  bandit          {s.bandit:8.3f}  ({s.bandit / n:.4f})",
-              f"  best fixed arm  {s.best_fixed:8.3f}  ({s.best_fixed / n:.4f})  [{s.best_fixed_arm}, chosen in hindsight]",
+              f"  bandit          {s.bandit:8.3f}  ({s.bandit / n:.4f})  [{tier}, live]"]
+    if s.other_tier is not None:
+        lines.append(f"  other tier      {s.other_tier:8.3f}  ({s.other_tier / n:.4f})  [{s.other_tier_label}]")
+    lines += [f"  best fixed arm  {s.best_fixed:8.3f}  ({s.best_fixed / n:.4f})  [{s.best_fixed_arm}, chosen in hindsight]",
               f"  random arm      {s.random:8.3f}  ({s.random / n:.4f})",
               f"  oracle          {s.oracle:8.3f}  ({s.oracle / n:.4f})"]
     gap = s.oracle - s.best_fixed
     if gap > 0:
-        lines.append(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%}")
+        lines.append(f"  gap closed vs best fixed arm: {(s.bandit - s.best_fixed) / gap:+.1%} live"
+                     + (f", {(s.other_tier - s.best_fixed) / gap:+.1%} {s.other_tier_label}"
+                        if s.other_tier is not None else ""))
+    if s.trial_merges:
+        lines.append(f"  trial merges: {s.trial_merges_run} run in {s.trial_seconds:.1f} s (the rest from the zoo's cache)")
     lines.append(f"  first half mean {s.first_half_mean:.4f}, second half mean {s.second_half_mean:.4f}")
     lines.append("  arms chosen: " + ", ".join(f"{a} {c}" for a, c in s.arm_counts.items()))
     if s.plot:

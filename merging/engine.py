@@ -29,7 +29,7 @@ from merging.architecture import EMBEDDING_SUFFIXES, LM_HEAD, VOCAB_SUFFIXES, ch
 from merging.checkpoint import Checkpoint
 from merging.dtypes import FLOAT_SAFETENSORS, SAFETENSORS, safetensors_dtype, torch_dtype
 from merging.errors import MergeError
-from merging.output import (RECIPE_JSON, RECIPE_YAML, PartialFolder, write_side_files)
+from merging.output import RECIPE_JSON, RECIPE_YAML, PartialFolder, merged_config, write_side_files
 from merging.recipe import InputGroup, Recipe, ResolvedRecipe
 from merging.registry import OperatorParams, load_plugin
 from merging.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
@@ -337,6 +337,82 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
     return MergeResult(path=str(out), operator=recipe.operator, tensors=len(plan.jobs), shards=len(shards),
                        bytes_written=writer.bytes_written, seconds=round(time.perf_counter() - started, 3),
                        device=str(dev))
+
+
+class _StateDictSink:
+    """The engine's writer interface into a plain dict: the in-memory output of a trial merge."""
+
+    def __init__(self) -> None:
+        self.tensors: dict = {}
+        self.bytes_written = 0
+
+    def write(self, name: str, tensor) -> None:
+        self.tensors[name] = tensor
+        self.bytes_written += tensor.numel() * tensor.element_size()
+
+
+@dataclass
+class InMemoryMerge:
+    """A merge held in memory (CPU tensors in the output dtype), with its plan, so that
+    writing it as a folder is exactly what `run_merge` would have written."""
+
+    state: dict
+    plan: MergePlan
+    recipe: Recipe
+    seconds: float
+
+    @property
+    def config(self) -> dict:
+        return merged_config(self.plan, self.recipe)
+
+    def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False, shard_size: str | int = DEFAULT_SHARD_SIZE,
+             provenance: Mapping[str, Any] | None = None) -> MergeResult:
+        """Write the folder (shards, config, side files, recipe, model card) atomically; no second merge."""
+        started = time.perf_counter()
+        out = Path(out_dir)
+        _check_out_dir(out, overwrite)
+        shards = plan_shards([PlannedTensor(j.name, j.st_dtype, j.shape) for j in self.plan.jobs],
+                             parse_size(shard_size))
+        try:
+            with PartialFolder(out) as tmp:
+                writer = ShardWriter(tmp.path, shards)
+                try:
+                    for shard in shards:
+                        for planned in shard:
+                            writer.write(planned.name, self.state[planned.name])
+                    writer.close()
+                    write_side_files(self.plan, self.recipe, tmp.path, provenance)
+                    tmp.commit(overwrite)
+                finally:
+                    writer.abort()
+        except OSError as e:
+            raise MergeError(f"{out}: write failed ({e.strerror or e})") from None
+        return MergeResult(path=str(out), operator=self.recipe.operator, tensors=len(self.plan.jobs),
+                           shards=len(shards), bytes_written=writer.bytes_written,
+                           seconds=round(time.perf_counter() - started, 3), device="memory (trial merge reused)")
+
+
+def run_merge_to_state_dict(recipe: Recipe, *, device: str = "auto", allow_vocab_mismatch: bool = False,
+                            plugins: Sequence[str] = ()) -> InMemoryMerge:
+    """Merge the recipe's models in memory, with no folder: the same planning, checks and
+    streaming as `run_merge`, the tensors collected into a state dict (on the CPU, in the
+    output dtype). For trial merges, which load the result straight into a model."""
+    for ref in plugins:
+        load_plugin(ref)
+    started = time.perf_counter()
+    plan = plan_merge(recipe, allow_vocab_mismatch=allow_vocab_mismatch)
+
+    from merging.device import resolve_device
+
+    dev = resolve_device(device)
+    sink = _StateDictSink()
+    try:
+        input_dtype = torch_dtype(recipe.dtype) if recipe.dtype is not None else None
+        _stream(plan, sink, dev, torch_dtype(recipe.compute_dtype), recipe.seed, False, None, input_dtype)
+    finally:
+        for ckpt in plan.inputs:
+            ckpt.close()
+    return InMemoryMerge(sink.tensors, plan, recipe, time.perf_counter() - started)
 
 
 def _exact_cast(source, target) -> bool:

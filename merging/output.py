@@ -137,9 +137,10 @@ def _chat_template(plan, recipe) -> str | None:
                      "(named built-in templates are not shipped here)")
 
 
-def write_side_files(plan, recipe, folder: Path, provenance: Mapping[str, Any] | None = None) -> None:
-    source = plan.config_source
-    config = dict(source.config)
+def merged_config(plan, recipe) -> dict:
+    """The merged model's config.json: the config source's, with the output dtype, the
+    vocabulary rows and the layer count this merge produces."""
+    config = dict(plan.config_source.config)
     out_dtype = recipe.out_dtype or recipe.dtype
     if out_dtype is not None:
         keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["dtype"]
@@ -155,6 +156,12 @@ def write_side_files(plan, recipe, folder: Path, provenance: Mapping[str, Any] |
             # One entry per layer; sliced models keep the pattern's first entries.
             pattern = config["layer_types"]
             config["layer_types"] = [pattern[i % len(pattern)] for i in range(plan.layers)]
+    return config
+
+
+def write_side_files(plan, recipe, folder: Path, provenance: Mapping[str, Any] | None = None) -> None:
+    source = plan.config_source
+    config = merged_config(plan, recipe)
     _write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer_from = _tokenizer_folder(plan, recipe)
     if recipe.tokenizer_source not in (None, "union"):

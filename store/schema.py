@@ -22,7 +22,8 @@ Tables (all JSON columns are UTF-8 JSON text; all blobs are little-endian float6
   `schema` (a bias term first). `bandit rebuild` recomputes them from events + rewards.
 - features(key, model_a, model_b, base, fp_a, fp_b, fp_base, probe_hash, feature_set,
   version, features, created_at) — cached similarity signals.
-- settings(key, value) — the live policy and its parameters.
+- settings(key, value) — the live policy and its parameters (and `trial_merges`: whether
+  `propose --models` runs trial merges by default, with which budget).
 
 Version 2 (the server, `bandit serve`):
 - rewards.source — `client` (reported by a user) or `default` (the reward join window ran
@@ -33,13 +34,17 @@ Version 2 (the server, `bandit serve`):
   started_at, finished_at) — the server's background work (merges, replays) in order of
   `id`; `state` is queued, running, done or failed. A job found `running` when the server
   starts was cut off by a crash and is marked failed.
+
+Version 3 (trial merges):
+- model_probes(model, probes, probe_hash, created_at) — a model's own unlabeled probe
+  texts (`models add --probes`), on which trial merges compare the merge with that model.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
 
-LATEST = 2
+LATEST = 3
 
 
 def _v1(db) -> None:
@@ -110,7 +115,15 @@ def _v2(db) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
 
 
-MIGRATIONS = {1: _v1, 2: _v2}
+def _v3(db) -> None:
+    # A model's own unlabeled probe texts (its domain), for trial merges: each expert is
+    # scored on its own probes. A table of its own, so `models` rows stay as they were.
+    db["model_probes"].create(
+        {"model": str, "probes": str, "probe_hash": str, "created_at": float}, pk="model", if_not_exists=True
+    )
+
+
+MIGRATIONS = {1: _v1, 2: _v2, 3: _v3}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -258,6 +258,18 @@ class Store:
             r["config"] = json.loads(r["config"])
         return r
 
+    def model_probes(self, name: str) -> list[str] | None:
+        """The model's own probe texts, or None when it was registered without."""
+        r = self._one("SELECT probes FROM model_probes WHERE model = ?", (name,))
+        return json.loads(r["probes"]) if r is not None and r["probes"] else None
+
+    def set_model_probes(self, name: str, probes: list[str], probe_hash: str) -> None:
+        self.conn.execute(
+            "INSERT INTO model_probes(model, probes, probe_hash, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(model) DO UPDATE SET probes = excluded.probes, probe_hash = excluded.probe_hash",
+            (name, json.dumps(probes), probe_hash, time.time()),
+        )
+
     def models(self) -> list[dict]:
         return self._all("SELECT name, path, base, fingerprint, created_at FROM models ORDER BY created_at, name")
 

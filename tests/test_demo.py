@@ -55,6 +55,9 @@ def test_demo_three_rounds_end_to_end(table, tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads(res.output)
     assert s["rounds"] == 3 and not s["interrupted"]
+    # The default tier: the pooled policy with trial merges; the other tier replayed beside it.
+    assert s["policy"] == "pooled" and s["trial_merges"] and s["other_tier"] is not None
+    assert "without trial merges" in s["other_tier_label"]
     store = Store(db)
     events = list(store.events())
     assert len(events) == 3 and all(e["reward"] is not None for e in events)

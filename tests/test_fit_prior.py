@@ -36,6 +36,7 @@ def table(tmp_path):
 
 def test_fit_loads_the_prior_and_rebuild_stays_exact(tmp_path, table):
     db = str(tmp_path / "b.db")
+    assert run("policy", "set", "linucb", "--db", db).exit_code == 0  # a per-arm ridge policy uses the prior live
     res = run("fit", "--outcomes", table, "--db", db, "--json")
     assert res.exit_code == 0, res.output
     rec = json.loads(res.output)

@@ -285,7 +285,7 @@ def test_service_policy_set_show_and_log_fed_policies(tmp_path):
 
     db = tmp_path / "b.db"
     svc = Service(db)
-    assert svc.show_policy().name == "linucb"
+    assert svc.show_policy().name == "pooled"  # the default since #10's replays
     with pytest.raises(BanditError, match="epsilon > 0"):
         svc.set_policy("fixed", {"arm": "ties"})
     with pytest.raises(BanditError, match="no arm"):

@@ -129,7 +129,7 @@ def test_arms_add_list_retire(client, db):
 
 
 def test_policy_show_set(client, db):
-    assert client.get("/v1/policy").json()["name"] == "linucb"
+    assert client.get("/v1/policy").json()["name"] == "pooled"  # the default since #10
     r = client.put("/v1/policy", json={"name": "lints", "params": {"epsilon": 0.1}})
     assert r.status_code == 200 and r.json()["name"] == "lints"
     with Store(db) as st:
@@ -188,7 +188,7 @@ def test_health(client):
     _propose(client)
     h = client.get("/v1/health").json()
     assert h["status"] == "ok" and h["events"] == 1 and h["rewards"] == 0 and h["pending_rewards"] == 1
-    assert h["schema_version"] == 2 and h["reward_window"] is None
+    assert h["schema_version"] == 3 and h["reward_window"] is None
 
 
 # -- reward join window ---------------------------------------------------------------------

@@ -37,7 +37,8 @@ def test_propose_logs_event_with_pmf(svc):
     assert min(ev["pmf"]) == pytest.approx(0.05 / len(DEFAULT_ARMS))
     assert ev["prob"] == pytest.approx(ev["pmf"][ev["chosen"]])
     assert ev["contexts"] == [{"kin": 0.3, "kl": 0.1}]
-    assert ev["policy"] == "linucb" and ev["policy_params"]["alpha"] == 1.0
+    # The default since issue #10's replays: the pooled ridge (tests/test_pooled.py).
+    assert ev["policy"] == "pooled" and ev["policy_params"]["alpha"] == 1.0
     assert svc.store.task("sum") is not None  # a new task needs nothing but its first propose
 
 
@@ -51,6 +52,7 @@ def test_seeded_proposals_reproduce(tmp_path):
 
 
 def test_reward_updates_posterior_to_closed_form(svc):
+    svc.set_policy("linucb")  # the per-arm ridge posteriors this checks
     rng = np.random.default_rng(0)
     X, r = {}, {}
     for i in range(40):

@@ -77,6 +77,12 @@ RECIPES: dict[str, ZooRecipe] = {
     # longer pretraining, a gentler fine-tune since a wider model moves further per step.
     "small": ZooRecipe(size="small", hidden_size=192, intermediate_size=576, num_layers=4, num_heads=6,
                        pretrain_steps=1200, pretrain_lr=2e-3, finetune_steps=150, finetune_lr=7e-4),
+    # A second family to measure on without tuning to the first: another seed (so another
+    # base), eight of the tasks, and a fine-tune twice as long at twice the rate, so the
+    # experts move much further from the base than the tiny zoo's do.
+    "strong": ZooRecipe(size="strong", tasks=("add", "sort", "max", "reverse", "upper", "shift", "count",
+                                              "digits_first"),
+                        finetune_steps=240, finetune_lr=2e-3, seed=7),
     # For the test suite: a smaller model, few steps, < 1 min; three tasks on one alphabet,
     # so the hidden-tag base cannot tell them apart and each expert has something to add.
     "reduced": ZooRecipe(size="reduced", tasks=("upper", "shift", "duplicate"), hidden_size=64,

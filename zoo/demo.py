@@ -5,6 +5,12 @@ to propose (operator, pair order), merges with the engine, evaluates the merge o
 tasks and reports the retained-skill reward. The summary compares the bandit's
 cumulative reward with what the outcome table says the best fixed arm, a uniformly random
 choice and the per-request oracle would have earned on the same requests.
+
+By default the live policy is `pooled` with trial merges (each candidate action merged in
+memory and scored against the experts' own outputs before the decision; the signals come
+from the zoo's per-action cache when it has them). The other tier — the same policy without
+trial merges — is replayed on the same requests from the outcome table (the rewards a real
+merge gets are the table's: same merges, same seed), so both are reported side by side.
 """
 from __future__ import annotations
 
@@ -48,6 +54,12 @@ class DemoSummary:
     plot: str | None = None
     db: str | None = None
     history: list[Round] = field(default_factory=list)
+    policy: str = ""
+    trial_merges: bool = False
+    trial_seconds: float = 0.0    # spent computing trial signals (0 when all came from the cache)
+    trial_merges_run: int = 0
+    other_tier: float | None = None  # cumulative reward of the other tier, replayed
+    other_tier_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,13 +69,22 @@ class DemoSummary:
 
 def run_demo(
     zoo: Zoo, outcomes: OutcomeSummary, db: str, *, rounds: int = 60, seed: int = 0, device: str = "auto",
-    plot: str | None = None, on_round: Callable[[Round], None] | None = None,
+    plot: str | None = None, on_round: Callable[[Round], None] | None = None, policy: str | None = "pooled",
+    trial_merges: bool = True,
 ) -> DemoSummary:
-    """Run `rounds` real propose → merge → evaluate → reward rounds against the database `db`."""
+    """Run `rounds` real propose → merge → evaluate → reward rounds against the database `db`.
+
+    `policy`: the live policy to set first (None: keep the database's); `trial_merges`:
+    propose with trial-merge signals (the zoo's cache supplies the ones it holds)."""
     from bandit.service import Service
+    from zoo.trial_features import cache_dir
 
     svc = Service(db)
     register_zoo(svc, zoo)
+    if policy is not None and svc.show_policy().name != policy:
+        svc.set_policy(policy)
+    policy_name = svc.show_policy().name
+    trial_seconds, trial_runs = 0.0, 0
     table = {(r["model_a"], r["model_b"]): r for r in outcomes.table}
     arms = outcomes.arms
     rng = random.Random(seed)
@@ -75,7 +96,11 @@ def run_demo(
             ta, tb = rng.sample(zoo.tasks, 2)
             task = pair_task(ta, tb)
             models = [zoo.expert_name(ta), zoo.expert_name(tb)]
-            p = svc.propose_merge(task, models, seed=rng.randrange(2**62), device=device)
+            p = svc.propose_merge(task, models, seed=rng.randrange(2**62), device=device, trial_merges=trial_merges,
+                                  trial_cache_dir=str(cache_dir(zoo)))
+            if p.trial is not None:
+                trial_seconds += p.trial["seconds"]
+                trial_runs += p.trial["merges"]
             task_of = {zoo.expert_name(t): t for t in zoo.tasks}
             scored = merge_and_score(zoo, p.operator, p.params, task_of[p.model_a], task_of[p.model_b], device=device)
             svc.reward(p.event_id, scored["reward"])
@@ -96,7 +121,50 @@ def run_demo(
         interrupted = True  # every finished round is in the database already
     finally:
         svc.store.close()
-    return summarize(history, outcomes.best_fixed_arm, interrupted, plot, db)
+    s = summarize(history, outcomes.best_fixed_arm, interrupted, plot, db)
+    s.policy, s.trial_merges, s.trial_seconds, s.trial_merges_run = policy_name, trial_merges, trial_seconds, trial_runs
+    if history:
+        s.other_tier = replay_tier(history, outcomes, zoo, policy_name, not trial_merges, seed, device)
+        s.other_tier_label = f"{policy_name} {'with' if not trial_merges else 'without'} trial merges (replayed)"
+    return s
+
+
+def replay_tier(history: list[Round], outcomes: OutcomeSummary, zoo: Zoo, policy: str, trial_merges: bool,
+                seed: int, device: str) -> float:
+    """The cumulative reward another tier earns on the demo's requests, from the outcome
+    table: both orders of each request's pair are candidates, as in the live loop."""
+    import numpy as np
+
+    from bandit.policies.base import Action, ArmSpec
+    from bandit.policies.registry import make_policy
+    from zoo.trial_features import zoo_trial_features
+
+    table = {(r["model_a"], r["model_b"]): r for r in outcomes.table}
+    arms = outcomes.arms
+    task_of = {zoo.expert_name(t): t for t in zoo.tasks}
+    trials = {}
+    if trial_merges:
+        pairs = sorted({(task_of[x], task_of[y]) for r in history for x, y in ((r.model_a, r.model_b), (r.model_b, r.model_a))})
+        trials = zoo_trial_features(zoo, pairs=pairs, device=device)
+    pol = make_policy(policy)
+    for arm in arms:
+        pol.add_arm(ArmSpec(arm, arm))
+    rng = np.random.default_rng([seed, 2])
+    total = 0.0
+    for r in history:
+        rows = [table[(r.model_a, r.model_b)], table[(r.model_b, r.model_a)]]
+        acts = []
+        for c, row in enumerate(rows):
+            ctx = {k[2:]: float(v) for k, v in row.items() if k.startswith("f:")}
+            for arm in arms:
+                feats = trials.get((task_of[row["model_a"]], task_of[row["model_b"]], arm), {})
+                acts.append(Action(arm, ctx, c, feats))
+        d = pol.decide(acts, rng)
+        a = acts[d.chosen]
+        reward = float(rows[a.candidate][f"r:{a.arm}"])
+        pol.learn_decision(acts, d.chosen, reward, d.prob)
+        total += reward
+    return total
 
 
 def summarize(history: list[Round], best_fixed_arm: str, interrupted: bool, plot: str | None, db: str) -> DemoSummary:

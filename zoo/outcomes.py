@@ -77,8 +77,12 @@ def register_zoo(svc, zoo: Zoo) -> None:
         add_model(svc.store, zoo.base_name, str(zoo.base))
     for task in zoo.tasks:
         name = zoo.expert_name(task)
-        if known.get(name, {}).get("path") != str(zoo.expert(task)) or known[name]["base"] != zoo.base_name:
-            add_model(svc.store, name, str(zoo.expert(task)), zoo.base_name)
+        # Each expert carries its own task's prompts as probes: trial merges score a merge
+        # on what each expert knows.
+        own = [line for line in zoo.probes(task).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if (known.get(name, {}).get("path") != str(zoo.expert(task)) or known[name]["base"] != zoo.base_name
+                or svc.store.model_probes(name) != own):
+            add_model(svc.store, name, str(zoo.expert(task)), zoo.base_name, own)
     for a, b in zoo.pairs():
         if a > b:
             continue  # one task per unordered pair

@@ -9,6 +9,8 @@
      "candidates": [["a", "b"], ["b", "a"]] or null,   # ordered model pairs offered
      "contexts": [{"kin_cos": 0.8, ...}, ...],         # one feature dict per candidate
      "actions": [{"arm": "ties", "candidate": 0, "p": 0.81}, ...],  # all offered, with p
+                                         # (and "features": {...} when the action had its own,
+                                         #  e.g. trial-merge signals)
      "chosen": 0,                         # index into actions
      "arm": "ties",                       # the chosen action's arm
      "probability": 0.81,                 # = actions[chosen].p
@@ -37,7 +39,7 @@ class LoggedDecision:
     event_id: int
     task: str
     contexts: list[dict[str, float]]
-    actions: list[dict[str, Any]]  # {"arm", "candidate"}
+    actions: list[dict[str, Any]]  # {"arm", "candidate"[, "features"]}
     pmf: list[float]
     chosen: int
     reward: float | None
@@ -53,7 +55,8 @@ class LoggedDecision:
 
 def event_record(ev: dict) -> dict[str, Any]:
     """One database event (as `Store.events()` yields it) in the decision-log layout."""
-    actions = [{"arm": a["arm"], "candidate": int(a.get("candidate", 0)), "p": float(p)}
+    actions = [{"arm": a["arm"], "candidate": int(a.get("candidate", 0)), "p": float(p),
+                **({"features": dict(a["features"])} if a.get("features") else {})}
                for a, p in zip(ev["actions"], ev["pmf"])]
     return {
         "event_id": ev["id"], "time": ev["created_at"], "task": ev["task"], "policy": ev["policy"],
@@ -105,13 +108,16 @@ def _decision(rec: Any, where: str) -> LoggedDecision:
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise BanditError(f"{where}: 'reward' must be a finite number or null")
         reward = float(reward)
-    for c in contexts:
+    for c in contexts + [a.get("features") or {} for a in actions]:
+        if not isinstance(c, dict):
+            raise BanditError(f"{where}: contexts and action features must be objects of name: number")
         for k, v in c.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise BanditError(f"{where}: feature {k!r} must be a finite number")
     return LoggedDecision(
         event_id=int(rec["event_id"]), task=str(rec.get("task", "")), contexts=contexts,
-        actions=[{"arm": str(a["arm"]), "candidate": int(a.get("candidate", 0))} for a in actions],
+        actions=[{"arm": str(a["arm"]), "candidate": int(a.get("candidate", 0)),
+                  **({"features": dict(a["features"])} if a.get("features") else {})} for a in actions],
         pmf=pmf, chosen=chosen, reward=reward, policy=rec.get("policy"),
     )
 

@@ -35,7 +35,8 @@ UNIFORM_TOL = 1e-9
 
 
 def _actions(d: LoggedDecision) -> list[Action]:
-    return [Action(a["arm"], d.context_of(i), a["candidate"]) for i, a in enumerate(d.actions)]
+    return [Action(a["arm"], d.context_of(i), a["candidate"], a.get("features") or {})
+            for i, a in enumerate(d.actions)]
 
 
 def _ensure_arms(policy: Policy, d: LoggedDecision, specs: Mapping[str, ArmSpec]) -> None:

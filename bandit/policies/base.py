@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,22 @@ class Action:
     # Features of this action itself (trial-merge signals of this pair merged with this
     # arm), beside the candidate's context; empty for policies and callers without them.
     features: Mapping[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def inputs(self) -> Mapping[str, float]:
+        """What a per-arm model (LinUCB, LinTS, VW) sees: the context plus this action's
+        features named `a:<feature>`, each with its own per-arm weight. The same dict as
+        `context` when there are none, so actions of one candidate share it."""
+        return with_action_features(self.context, self.features)
+
+
+ACTION_PREFIX = "a:"
+
+
+def with_action_features(context: Mapping[str, float], features: Mapping[str, float] | None) -> Mapping[str, float]:
+    if not features:
+        return context
+    return {**context, **{ACTION_PREFIX + k: v for k, v in features.items()}}
 
 
 @dataclass
@@ -89,7 +106,7 @@ class Policy(ABC):
         the probability it was taken with. Ridge-style policies need only the chosen action;
         learners that reduce to importance-weighted regression (VW) override this."""
         action = actions[chosen]
-        self.learn_one(action.arm, action.context, reward)
+        self.learn_one(action.arm, action.inputs, reward)
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

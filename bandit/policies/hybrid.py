@@ -257,7 +257,7 @@ class HybridLinUCB(Policy):
         for arm in by_arm:
             if arm not in self.parts:
                 raise BanditError(f"unknown arm {arm!r}")
-        X_all = self._matrix([a.context for a in actions])
+        X_all = self._matrix([a.inputs for a in actions])
         for arm, idx in by_arm.items():
             part = self.parts[arm]
             X = X_all[idx]

@@ -53,7 +53,7 @@ class LinTS(RidgeArms):
             post = self.posteriors.get(arm)
             if post is None:
                 raise BanditError(f"unknown arm {arm!r}")
-            contexts = [actions[i].context for i in idx]
+            contexts = [actions[i].inputs for i in idx]
             X, _ = post.vectors(contexts)
             means[idx] = X @ post.theta
             cov[np.ix_(idx, idx)] = X @ post.A_inv @ X.T + self._unseen_gram(post.schema, contexts)

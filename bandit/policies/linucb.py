@@ -60,9 +60,9 @@ class RidgeArms(Policy):
         groups: dict[tuple[str, ...], list[str]] = {}
         seen: set[str] = set()
         for a in actions:
-            if id(a.context) not in ctx_index:
-                ctx_index[id(a.context)] = len(contexts)
-                contexts.append(a.context)
+            if id(a.inputs) not in ctx_index:
+                ctx_index[id(a.inputs)] = len(contexts)
+                contexts.append(a.inputs)
             if a.arm in seen:
                 continue
             post = self.posteriors.get(a.arm)
@@ -84,7 +84,7 @@ class RidgeArms(Policy):
                 table[arm] = (m[k], w[k])
         for i, a in enumerate(actions):
             m, w = table[a.arm]
-            c = ctx_index[id(a.context)]
+            c = ctx_index[id(a.inputs)]
             means[i], widths[i] = m[c], w[c]
         return means, widths
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from bandit.errors import BanditError
 from bandit.policies.base import Policy
 
-DEFAULT_POLICY = {"name": "linucb", "params": {"alpha": 1.0, "lambda": 1.0, "epsilon": 0.05}}
+DEFAULT_POLICY = {"name": "pooled", "params": {}}
 
 
 def _take(params: dict[str, Any], policy: str, allowed: dict[str, Any]) -> dict[str, Any]:
@@ -99,9 +99,25 @@ def _vw(params: dict[str, Any]) -> Policy:
                     epsilon=_num(p["epsilon"], "epsilon"), seed=seed)
 
 
+def _pooled(params: dict[str, Any]) -> Policy:
+    from bandit.policies.pooled import DEFAULT_ANCHOR, PooledRidge
+
+    p = _take(params, "pooled", {"alpha": 1.0, "lambda_intercept": 1.0, "lambda_context": 10.0,
+                                 "lambda_action": 1.0, "anchor": DEFAULT_ANCHOR, "anchor_prior": 1.0,
+                                 "epsilon": 0.05, "exploration": "ucb"})
+    anchor = p["anchor"]
+    if anchor is not None and (not isinstance(anchor, str) or not anchor or anchor.lower() == "none"):
+        anchor = None
+    return PooledRidge(alpha=_num(p["alpha"], "alpha"), lam_intercept=_num(p["lambda_intercept"], "lambda_intercept"),
+                       lam_context=_num(p["lambda_context"], "lambda_context"),
+                       lam_action=_num(p["lambda_action"], "lambda_action"), anchor=anchor,
+                       anchor_prior=_num(p["anchor_prior"], "anchor_prior"), epsilon=_num(p["epsilon"], "epsilon"),
+                       exploration=str(p["exploration"]))
+
+
 POLICIES: dict[str, Callable[[dict[str, Any]], Policy]] = {
     "linucb": _linucb, "hybrid": _hybrid, "lints": _lints, "egreedy": _egreedy,
-    "random": _random, "fixed": _fixed, "vw": _vw,
+    "random": _random, "fixed": _fixed, "vw": _vw, "pooled": _pooled,
 }
 
 

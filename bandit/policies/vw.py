@@ -107,16 +107,16 @@ class VWPolicy(Policy):
         for a in actions:
             if a.arm not in self.specs:
                 raise BanditError(f"unknown arm {a.arm!r}")
-        contexts = {id(a.context): a.context for a in actions}
-        if len(contexts) > 1 and any(dict(c) != dict(actions[0].context) for c in contexts.values()):
+        contexts = {id(a.inputs): a.inputs for a in actions}
+        if len(contexts) > 1 and any(dict(c) != dict(actions[0].inputs) for c in contexts.values()):
             # Several candidate pairs: the context differs per action, so it goes on the
             # action lines (namespace S) instead of one shared line.
             lines = ["shared |S"]
             for a in actions:
-                ctx = " ".join(f"{_token(k)}:{float(v)!r}" for k, v in a.context.items())
+                ctx = " ".join(f"{_token(k)}:{float(v)!r}" for k, v in a.inputs.items())
                 lines.append(self._action_line(a.arm) + " |S " + ctx)
         else:
-            lines = [self._shared_line(actions[0].context)] + [self._action_line(a.arm) for a in actions]
+            lines = [self._shared_line(actions[0].inputs)] + [self._action_line(a.arm) for a in actions]
         if label is not None:
             i, cost, prob = label
             lines[i + 1] = f"0:{cost!r}:{prob!r} {lines[i + 1]}"

@@ -31,27 +31,18 @@ def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
     if body.models:
         if body.context:
             raise InvalidInput("give either models (features are computed) or a context, not both")
-        trial = {k: v for k, v in (("trial_merges", body.trial_merges), ("trial_budget", body.trial_budget))
-                 if v is not None}
-        if trial and not _accepts(svc.propose_merge, "trial_merges"):
-            raise InvalidInput("trial merges are not available in this version of simmerge")
         p = svc.propose_merge(body.task, body.models, seed=seed, structural_only=body.structural_only, device=device,
-                              **trial)
+                              trial_merges=body.trial_merges, trial_budget=body.trial_budget)
     else:
         if body.trial_merges or body.trial_budget:
             raise InvalidInput("trial merges need models: they merge the candidate pairs")
         p = svc.propose(body.task, body.context or {}, seed=seed)  # the facade checks the context
     # Proposal.to_dict() without its deep copy: the payload is serialised at once.
     out = dict(vars(p))
-    if out.get("merged") is None:
-        out.pop("merged", None)
+    for optional in ("merged", "trial"):
+        if out.get(optional) is None:
+            out.pop(optional, None)
     return out
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(fn).parameters
 
 
 @router.post("/propose", response_model=s.Proposal, response_model_exclude_unset=True, responses=ERRORS,

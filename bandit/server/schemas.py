@@ -101,6 +101,7 @@ class Proposal(BaseModel):
     model_a: str | None = None
     model_b: str | None = None
     recipe: dict[str, Any] = {}
+    trial: dict[str, Any] | None = Field(None, description="Trial merges' cost (merges, seconds, budget), when they ran.")
 
 
 class RewardResult(BaseModel):

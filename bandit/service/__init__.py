@@ -52,6 +52,7 @@ class Service:
         except StoreError as e:
             raise _STORE_KINDS.get(e.kind, Unavailable)(str(e)) from None
         self._live = None
+        self._kept_merge = (None, None)  # (event id, its trial merge in memory)
         self._known_tasks: set[str] = set()
         self._initialized = False
         if create:
@@ -79,30 +80,71 @@ class Service:
 
     # -- the loop ------------------------------------------------------------------------
     @_one_error_family
-    def propose(self, task, contexts=None, candidates=None, seed=None, inputs=None):
-        """Score every (candidate, arm) action, pick one from the policy's pmf, log the event."""
+    def propose(self, task, contexts=None, candidates=None, seed=None, inputs=None, action_features=None):
+        """Score every (candidate, arm) action, pick one from the policy's pmf, log the event.
+        `action_features`: per candidate `{arm: {feature: value}}` (trial-merge signals)."""
         from bandit.service.proposals import propose
 
-        return propose(self.live, task, contexts, candidates, seed, inputs, self._known_tasks)
+        return propose(self.live, task, contexts, candidates, seed, inputs, self._known_tasks, action_features)
 
     @_one_error_family
-    def propose_merge(self, task, models, *, seed=None, structural_only=False, device="auto", progress=False):
+    def propose_merge(self, task, models, *, seed=None, structural_only=False, device="auto", progress=False,
+                      trial_merges=None, trial_budget=None, keep_merge=False, trial_cache_dir=None):
         """Choose operator, order and pair for merging two of `models` (registered fine-tunes
-        of one base) for `task`: features for every ordered pair (cached), then `propose`."""
+        of one base) for `task`: features for every ordered pair (cached), then `propose`.
+
+        With trial merges (None: the database's setting), every candidate action — or the
+        `trial_budget` most promising by the pre-trial scores — is merged in memory and
+        scored against the experts' own outputs; the signals are the actions' features.
+        `keep_merge` keeps the chosen action's merge so `merge_event` writes it directly."""
         from bandit.service.catalog import check_task_name
         from bandit.service.proposals import merge_contexts, propose
 
         task = check_task_name(task)
         contexts, pairs, inputs = merge_contexts(self.store, task, models, structural_only=structural_only,
                                                  device=device, progress=progress)
-        return propose(self.live, task, contexts, pairs, seed, inputs, self._known_tasks)
+        settings = self.trial_settings()
+        if trial_merges is None:
+            trial_merges = bool(settings.get("on"))
+        if not trial_merges:
+            return propose(self.live, task, contexts, pairs, seed, inputs, self._known_tasks)
+        if trial_budget is None:
+            trial_budget = settings.get("budget")
+        from bandit.service.trials import trial_actions
+
+        report = trial_actions(self.store, self.live, task, pairs, contexts, inputs, device=device,
+                               budget=trial_budget, keep=keep_merge, cache_dir=trial_cache_dir)
+        proposal = propose(self.live, task, contexts, pairs, seed, inputs, self._known_tasks, report.features)
+        proposal.trial = report.to_dict()
+        chosen = (pairs.index((proposal.model_a, proposal.model_b)), proposal.arm)
+        self._kept_merge = (proposal.event_id, report.kept.get(chosen))
+        proposal.trial["chosen_was_trialled"] = proposal.arm in report.features[chosen[0]]
+        return proposal
+
+    def trial_settings(self) -> dict:
+        """Whether `propose --models` runs trial merges by default, and with which budget."""
+        return self.store.get_setting("trial_merges") or {"on": False, "budget": None}
+
+    @_one_error_family
+    def set_trial_merges(self, on: bool, budget: int | None = None) -> dict:
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise InvalidInput(f"trial budget must be a whole number >= 1, got {budget!r}")
+        value = {"on": bool(on), "budget": budget}
+        with self.store.transaction():
+            self.store.set_setting("trial_merges", value)
+        return value
 
     @_one_error_family
     def merge_event(self, event_id, out_dir, *, device="auto", progress=None, **engine_options):
-        """Run the merge that event EVENT_ID proposed into out_dir (a merging.MergeResult)."""
+        """Run the merge that event EVENT_ID proposed into out_dir (a merging.MergeResult);
+        a merge this process already did in memory for it (trial merges) is written as is."""
+        from bandit.inputs import parse_event_id
         from bandit.service.proposals import merge_event
 
-        return merge_event(self.store, event_id, out_dir, device=device, progress=progress, **engine_options)
+        event_id = parse_event_id(event_id)
+        kept_id, kept = self._kept_merge
+        return merge_event(self.store, event_id, out_dir, device=device, progress=progress,
+                           kept=kept if kept_id == event_id else None, **engine_options)
 
     @_one_error_family
     def reward(self, event_id, value) -> RewardOutcome:
@@ -210,12 +252,13 @@ class Service:
         return [TaskRow(**t) for t in self.store.tasks()]
 
     @_one_error_family
-    def add_model(self, name, path, base=None):
-        """Register (or re-register) a checkpoint folder under NAME (headers only, no torch)."""
+    def add_model(self, name, path, base=None, probes=None):
+        """Register (or re-register) a checkpoint folder under NAME (headers only, no torch),
+        with its own unlabeled probe texts (its domain, for trial merges) when given."""
         from bandit.service.catalog import add_model
         from bandit.service.records import Model
 
-        return Model(**add_model(self.store, name, path, base))
+        return Model(**add_model(self.store, name, path, base, probes))
 
     @_one_error_family
     def models(self):

@@ -16,8 +16,9 @@ from bandit.errors import BanditError, NotFound
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+/-]*$")
 
 
-def add_model(store, name: str, path: str, base: str | None = None) -> dict[str, Any]:
-    """Register (or re-register) a checkpoint folder under NAME, optionally as a fine-tune of BASE."""
+def add_model(store, name: str, path: str, base: str | None = None, probes: list[str] | None = None) -> dict[str, Any]:
+    """Register (or re-register) a checkpoint folder under NAME, optionally as a fine-tune of BASE,
+    with its own unlabeled probe texts (for trial merges) when given."""
     from merging.architecture import check_same_architecture
     from merging.checkpoint import Checkpoint
 
@@ -38,9 +39,20 @@ def add_model(store, name: str, path: str, base: str | None = None) -> dict[str,
         "tensors": len(ckpt.tensors),
         "bytes": ckpt.total_bytes,
     }
+    if probes is not None:
+        from features.trial import texts_hash
+
+        probes = [p.strip() for p in probes if p and p.strip()]
+        if not probes:
+            raise BanditError(f"model {name!r}: the probe file has no text (one probe per line)")
     with store.transaction():
         store.upsert_model(name, str(folder), base, ckpt.fingerprint(), summary)
-    return {"name": name, "path": str(folder), "base": base, "fingerprint": ckpt.fingerprint(), **summary}
+        if probes is not None:
+            store.set_model_probes(name, probes, texts_hash(probes))
+    out = {"name": name, "path": str(folder), "base": base, "fingerprint": ckpt.fingerprint(), **summary}
+    if probes is not None:
+        out["probes"] = len(probes)
+    return out
 
 
 def model_row(store, name: str) -> dict[str, Any]:

@@ -177,7 +177,8 @@ class LivePolicy:
             self.cursor = self.store.last_reward_id()
             return
         for r in self.store.rewarded_decisions_after(self.cursor):
-            actions = [Action(a["arm"], r["contexts"][a.get("candidate", 0)], a.get("candidate", 0))
+            actions = [Action(a["arm"], r["contexts"][a.get("candidate", 0)], a.get("candidate", 0),
+                              a.get("features") or {})
                        for a in r["actions"]]
             policy.learn_decision(actions, r["chosen"], r["value"], r["prob"])
             self.cursor, self.cursor_event = r["reward_id"], r["event_id"]

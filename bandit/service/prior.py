@@ -12,7 +12,8 @@ The level: the live mean reward when the database holds at least as many rewards
 table's mean.
 
 Policies that keep one ridge posterior per arm (linucb, lints, egreedy) use it live; policies
-that learn from the log itself (hybrid, vw) do not see it.
+that learn from the log itself (pooled — the default, whose per-arm intercepts already start
+at the running mean reward — hybrid, vw) do not see it.
 """
 from __future__ import annotations
 

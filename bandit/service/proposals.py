@@ -21,10 +21,13 @@ def propose(
     live: LivePolicy, task: str, contexts: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
     candidates: Sequence[tuple[str, str]] | None = None, seed: int | None = None,
     inputs: Sequence[tuple[str, list[str]]] | None = None, known_tasks: set[str] | None = None,
+    action_features: Sequence[Mapping[str, Mapping[str, float]]] | None = None,
 ) -> Proposal:
     """`contexts` holds one feature dict per candidate pair (or a single dict when no pairs
     are given); `inputs`, when given, the (base path, model paths) each candidate would
-    merge, so the event carries a ready recipe."""
+    merge, so the event carries a ready recipe; `action_features`, when given, one
+    `{arm: {feature: value}}` per candidate (trial-merge signals), logged with each action
+    so that rebuild and replay see what the policy saw."""
     store = live.store
     task = check_task_name(task)
     if contexts is None:
@@ -34,6 +37,10 @@ def propose(
     contexts = [check_context(dict(c)) for c in contexts]
     if candidates is not None and len(candidates) != len(contexts):
         raise InvalidInput("one context is needed per candidate pair")
+    if action_features is not None:
+        if len(action_features) != len(contexts):
+            raise InvalidInput("action features are needed per candidate pair")
+        action_features = [{arm: check_context(dict(f)) for arm, f in per_arm.items()} for per_arm in action_features]
     seed = parse_seed(seed)
     if seed is None:
         seed = secrets.randbits(63)
@@ -43,7 +50,10 @@ def propose(
     arms = [a for a in policy.arm_names if a in live.active]
     if not arms:
         raise BanditError("no active arms: add one with `bandit arms add`")
-    actions = [Action(arm, ctx, c) for c, ctx in enumerate(contexts) for arm in arms]
+    def features_of(c: int, arm: str) -> dict[str, float]:
+        return dict(action_features[c].get(arm, {})) if action_features is not None else {}
+
+    actions = [Action(arm, ctx, c, features_of(c, arm)) for c, ctx in enumerate(contexts) for arm in arms]
     decision = policy.decide(actions, rng)
     chosen = actions[decision.chosen]
     spec = policy.specs[chosen.arm]
@@ -67,7 +77,8 @@ def propose(
     event = {
         "created_at": time.time(), "task": task, "policy": policy.name, "policy_params": policy.params(),
         "candidates": [list(c) for c in candidates] if candidates is not None else None,
-        "contexts": contexts, "actions": [{"arm": a.arm, "candidate": a.candidate} for a in actions],
+        "contexts": contexts, "actions": [{"arm": a.arm, "candidate": a.candidate, **({"features": dict(a.features)} if a.features else {})}
+                               for a in actions],
         "pmf": [float(p) for p in decision.pmf], "chosen": decision.chosen, "arm": chosen.arm,
         "model_a": pair[0], "model_b": pair[1], "prob": decision.prob,
         "predicted": float(decision.means[decision.chosen]), "bonus": float(decision.bonuses[decision.chosen]),
@@ -109,8 +120,9 @@ def merge_contexts(store, task: str, models: Sequence[str], *, structural_only: 
 
 
 def merge_event(store, event_id: int | str, out_dir: str, *, device: str = "auto", progress: bool | None = None,
-                **engine_options: Any):
-    """Run the merge that event EVENT_ID proposed (its recipe, as logged) into out_dir."""
+                kept=None, **engine_options: Any):
+    """Run the merge that event EVENT_ID proposed (its recipe, as logged) into out_dir; `kept`:
+    that merge already done in memory by a trial (merging.engine.InMemoryMerge), written as is."""
     from merging.engine import run_merge
     from merging.recipe import Recipe
 
@@ -123,5 +135,8 @@ def merge_event(store, event_id: int | str, out_dir: str, *, device: str = "auto
     # The model card of the output names the proposal that chose this merge.
     provenance = {"event_id": event_id, "policy": event.get("policy"), "arm": event.get("arm"),
                   "predicted_reward": event.get("predicted")}
+    provenance = {k: v for k, v in provenance.items() if v is not None}
+    if kept is not None and not engine_options:
+        return kept.save(out_dir, provenance=provenance)
     return run_merge(Recipe.from_dict(event["recipe"]), out_dir, device=device, progress=progress,
-                     provenance={k: v for k, v in provenance.items() if v is not None}, **engine_options)
+                     provenance=provenance, **engine_options)

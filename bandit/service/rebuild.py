@@ -8,7 +8,7 @@ from bandit.errors import BanditError
 from bandit.policies import ridge
 from bandit.service.catalog import current_lambda
 from bandit.service.records import RebuildReport
-from bandit.service.reward import RIDGE, arm_prior
+from bandit.service.reward import RIDGE, arm_prior, chosen_context
 
 # Live and recomputed statistics are bit-identical when nothing went wrong; the tolerance
 # only forgives a different summation order, relative to the largest entry of A.
@@ -30,7 +30,7 @@ def recompute_posteriors(store) -> tuple[dict[str, tuple[list[str], Any, Any, in
         st = state.get(r["arm"])
         if st is None:
             raise BanditError(f"reward for event {r['event_id']} names arm {r['arm']!r}, which is not in the arms table")
-        ctx = r["contexts"][r["actions"][r["chosen"]].get("candidate", 0)]
+        ctx = chosen_context(r)  # the chosen candidate's context plus the action's own features
         st[0], st[1], st[2] = ridge.extend(st[0], st[1], st[2], st[4], ridge.new_names(st[0], ctx))
         ridge.update(st[1], st[2], ridge.vector(st[0], ctx), r["value"])
         st[3] += 1

@@ -28,11 +28,13 @@ class Proposal(Record):
     model_b: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     merged: dict[str, Any] | None = None  # the merge run with it (--merge-to), when one was
+    trial: dict[str, Any] | None = None  # the trial merges' cost, when they ran
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["merged"] is None:
-            del out["merged"]
+        for optional in ("merged", "trial"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
 
@@ -71,6 +73,13 @@ class Model(Record):
     architectures: list[str] | None = None
     tensors: int | None = None
     bytes: int | None = None
+    probes: int | None = None  # its own probe texts, when registered with some
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["probes"] is None:
+            del out["probes"]
+        return out
 
 
 @dataclass

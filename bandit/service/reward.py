@@ -37,8 +37,15 @@ class RewardOutcome:
 
 
 def chosen_context(event: dict) -> dict[str, float]:
+    """What the per-arm posteriors learn from: the chosen candidate's context plus the
+    chosen action's own features (trial-merge signals) as `a:<feature>`, exactly as
+    `Action.inputs` showed them to the policy."""
     action = event["actions"][event["chosen"]]
-    return event["contexts"][action.get("candidate", 0)]
+    context = event["contexts"][action.get("candidate", 0)]
+    features = action.get("features")
+    if not features:
+        return context
+    return {**context, **{"a:" + k: v for k, v in features.items()}}
 
 
 def arm_prior(store, arm: str, lam: float) -> tuple[list[str], object, object]:
