@@ -624,11 +624,15 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds one evaluation may take.")
 @click.option("--structural-only", is_flag=True, help="Weights-only features in the f: columns.")
+@click.option("--trial-merges", is_flag=True,
+              help="Also write every arm's trial-merge signals as a:<arm>:<feature> columns: each merge in memory "
+                   "against each expert's outputs on its own probes (models add --probes), else the task's. "
+                   "Cached per action, like propose --trial-merges.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @db_option
 @json_option
-def outcomes_cmd(models, more_models, command, out, task, jobs, cache_path, timeout, structural_only, device, db_path,
-                 as_json):
+def outcomes_cmd(models, more_models, command, out, task, jobs, cache_path, timeout, structural_only, trial_merges,
+                 device, db_path, as_json):
     """Build an outcome table for your own catalog with your own evaluator.
 
     Both orders of each pair are the two candidates of one request (the order listed first
@@ -644,17 +648,26 @@ def outcomes_cmd(models, more_models, command, out, task, jobs, cache_path, time
     evaluator = CommandEvaluator(command, timeout)  # a bad template fails before the database opens
     svc = _service(db_path, create=False)
     n_arms = sum(1 for a in svc.arms(include_retired=False))
-    bar = _zoo_progress(len(models) * (len(models) - 1) * n_arms, not as_json and sys.stderr.isatty(), "outcome table")
+    cells = len(models) * (len(models) - 1) * n_arms
+    show = not as_json and sys.stderr.isatty()
+    # The trials run first (with the pair features), then the evaluated merges.
+    trial_bar = _zoo_progress(cells if trial_merges else 0, show and trial_merges, "trial merges")
+    bar = _zoo_progress(cells, show, "outcome table")
     try:
         rep = svc.build_outcomes(list(models), evaluator, out, task=task, jobs=jobs, cache_path=cache_path,
-                                 structural_only=structural_only, device=device, on_cell=lambda *cell: bar.update(1))
+                                 structural_only=structural_only, device=device, on_cell=lambda *cell: bar.update(1),
+                                 trial_merges=trial_merges, on_trial=lambda *action: trial_bar.update(1))
     finally:
+        trial_bar.close()
         bar.close()
     rep.pop("records")  # the table itself is in the file
     if as_json:
         emit_json(rep)
         return
     click.echo(render.outcome_table(rep, rep["merges_run"], rep["merges_cached"]))
+    if "trials" in rep:
+        t = rep["trials"]
+        click.echo(f"trial merges: {t['merges']} run in {t['seconds']:.1f} s, {t['cached']} from the cache")
     click.echo(f"written to {out}")
 
 

@@ -169,13 +169,16 @@ def build_table(
     jobs: int = 1, device: str = "auto", seed: int = MERGE_SEED,
     key_of: Callable[[str, str, ArmSpec], str] | None = None,
     on_cell: Callable[[str, str, str, float, bool], None] | None = None,
+    action_features_of: Callable[[str, str], Mapping[str, Mapping[str, float]]] | None = None,
 ) -> BuildResult:
     """Merge every ordered pair of `models` ({name: folder}, in the order listed; fine-tunes of
     the checkpoint folder `base`) with every arm, evaluate, and return (and write to `out`)
     the version-2 table. `task_of(a, b)` names the task of a pair (the same for both orders);
     `features_of(a, b, task)` gives the ordered pair's context (the service computes and
     caches them). `key_of` replaces the default cache key (the zoo keeps its own);
-    `on_cell(a, b, arm, reward, cached)` is called once per cell, cached ones first."""
+    `on_cell(a, b, arm, reward, cached)` is called once per cell, cached ones first.
+    `action_features_of(a, b)` gives the ordered pair's `{arm: {feature: value}}` (trial-merge
+    signals), written as the `a:<arm>:<feature>` columns of its row."""
     from merging.checkpoint import Checkpoint
 
     names = list(models)
@@ -197,12 +200,16 @@ def build_table(
     key_of = key_of or default_key
     ordered = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     records: list[dict[str, Any]] = []
-    for first, second in ordered:  # features first: they need no merge, and fail early
+    action_columns: list[dict[str, float]] = []  # per row; written after the r: columns
+    for first, second in ordered:  # features first: they need no evaluation, and fail early
         task = task_of(first, second)
         for a, b in ((first, second), (second, first)):
             rec: dict[str, Any] = {"request": f"{task}|{first}|{second}", "task": task, "model_a": a, "model_b": b}
             rec.update({f"f:{k}": float(v) for k, v in features_of(a, b, task).items()})
             records.append(rec)
+            per_arm = action_features_of(a, b) if action_features_of is not None else {}
+            action_columns.append({f"a:{arm.name}:{k}": float(v) for arm in arms
+                                   for k, v in per_arm.get(arm.name, {}).items()})
 
     cache = load_cache(cache_path)
     cells = [Cell(r["model_a"], r["model_b"], arm, key_of(r["model_a"], r["model_b"], arm))
@@ -249,9 +256,10 @@ def build_table(
     scores = {}
     for c in cells:
         scores[(c.a, c.b, c.arm.name)] = cache[c.key]
-    for rec in records:
+    for rec, columns in zip(records, action_columns):
         for arm in arms:
             rec[f"r:{arm.name}"] = float(scores[(rec["model_a"], rec["model_b"], arm.name)]["reward"])
+        rec.update(columns)
     result = BuildResult(records, scores, len(todo), len(cells) - len(todo))
     if out is not None:
         from bandit.offline.outcomes import write_records

@@ -317,12 +317,18 @@ class Service:
     # -- outcome tables and priors -------------------------------------------------------
     @_one_error_family
     def build_outcomes(self, models, evaluator, out, *, task=None, jobs=1, cache_path=None, structural_only=False,
-                       device="auto", on_cell=None, task_of=None, key_of=None, arms=None):
+                       device="auto", on_cell=None, task_of=None, key_of=None, arms=None, trial_merges=False,
+                       trial_cache_dir=None, on_trial=None):
         """`bandit outcomes`: merge every ordered pair of `models` with every active arm (or
         `arms`), score each merge with `evaluator` (see `bandit.offline.build`), write the
         table to `out`. Pair features come from `task`'s probes (or `task_of(a, b)`'s, per
-        pair), computed and cached here. Returns the table's summary with the merge counts."""
-        from bandit.offline.build import build_table
+        pair), computed and cached here. Returns the table's summary with the merge counts.
+
+        `trial_merges`: every row also gets every arm's trial-merge signals as `a:<arm>:<feature>`
+        columns (each expert scored on its own probes, else the pair's task's; cached per action
+        in `trial_cache_dir` like `propose --trial-merges`); `on_trial(a, b, arm, cached)` is
+        called per action. The counts are under "trials"."""
+        from bandit.offline.build import MERGE_SEED, build_table
         from bandit.offline.outcomes import read_outcomes, summarize_table
         from bandit.service.catalog import model_row
         from bandit.service.context import common_base, pair_features, task_probes
@@ -345,13 +351,24 @@ class Service:
             return pair_features(self.store, a, b, probes, structural_only=structural_only, device=device,
                                  fingerprints=fingerprints).features
 
+        task_of = task_of or (lambda a, b: task or "default")
+        trials = None
+        if trial_merges and base is not None and arms:
+            from bandit.service.trials import CatalogTrials
+
+            trials = CatalogTrials(self.store, base["path"], paths, arms, task_of, device=device,
+                                   cache_dir=trial_cache_dir, seed=MERGE_SEED, on_action=on_trial)
+            trials.check_probes([(a, b) for a in models for b in models if a != b])
         built = build_table(paths, base["path"] if base else "", arms, evaluator,
                             cache_path or f"{out}.cache.json", features_of,
-                            task_of=task_of or (lambda a, b: task or "default"), out=out, jobs=jobs, device=device,
-                            key_of=key_of, on_cell=on_cell)
+                            task_of=task_of, out=out, jobs=jobs, device=device,
+                            key_of=key_of, on_cell=on_cell, action_features_of=trials)
         summary = summarize_table(read_outcomes(out)).to_dict() if out is not None else None
-        return {**(summary or {}), "path": None if out is None else str(out), "merges_run": built.merges_run,
-                "merges_cached": built.merges_cached, "records": built.records}
+        rep = {**(summary or {}), "path": None if out is None else str(out), "merges_run": built.merges_run,
+               "merges_cached": built.merges_cached, "records": built.records}
+        if trials is not None:
+            rep["trials"] = trials.to_dict()
+        return rep
 
     @_one_error_family
     def fit_prior(self, prior, replace: bool = False) -> dict:

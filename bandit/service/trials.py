@@ -46,8 +46,10 @@ def select_actions(scores: Sequence[float], keys: Sequence[tuple[int, str]], bud
 def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, str],
                probes_of: Callable[[str], list[str]], arms: Mapping[str, tuple[str, dict]],
                selected: set[tuple[int, str]], *, device: str = "auto", keep: bool = False,
-               cache_dir: str | None = None, seed: int = 0) -> TrialReport:
-    """Trial every selected (candidate, arm); `arms` maps arm name -> (operator, params)."""
+               cache_dir: str | None = None, seed: int = 0,
+               on_action: Callable[[int, str, bool], None] | None = None) -> TrialReport:
+    """Trial every selected (candidate, arm); `arms` maps arm name -> (operator, params).
+    `on_action(candidate, arm, cached)` is called after each action (a progress bar)."""
     from features.errors import FeatureError
     from features.trial import ActionCache, TrialRunner, action_key, checkpoint_fingerprint
 
@@ -71,6 +73,8 @@ def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, 
                 if cached is not None and not keep:
                     report.features[c][arm] = cached
                     report.cached += 1
+                    if on_action is not None:
+                        on_action(c, arm, True)
                     continue
                 if runner is None:
                     runner = TrialRunner(base, paths[a], paths[b], pa, pb, device=device, cache_dir=cache_dir,
@@ -83,6 +87,8 @@ def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, 
                 report.merges += 1
                 if keep:
                     report.kept[(c, arm)] = result.merge
+                if on_action is not None:
+                    on_action(c, arm, False)
     except FeatureError as e:
         raise BanditError(f"trial merges: {e}") from None
     finally:
@@ -97,7 +103,6 @@ def trial_actions(store, live, task: str, pairs: Sequence[tuple[str, str]], cont
     """Trial merges for one request: the actions to trial (all, or the budget's best by the
     live policy's pre-trial scores), each expert's probes (its own, else the task's), run."""
     from bandit.policies.base import Action
-    from bandit.service.context import task_probes
 
     policy = live.current()
     arms = [a for a in policy.arm_names if a in live.active]
@@ -107,15 +112,10 @@ def trial_actions(store, live, task: str, pairs: Sequence[tuple[str, str]], cont
         means, bonuses = policy.scores([Action(arm, contexts[c], c) for c, arm in keys])
         scores = (means + bonuses).tolist()
     selected = select_actions(scores or [0.0] * len(keys), keys, budget)
-    task_texts = task_probes(store, task)
-    own = {m: store.model_probes(m) for m in {x for p in pairs for x in p}}
+    own = {m: expert_probes(store, m, task) for m in {x for p in pairs for x in p}}
 
     def probes_of(model: str) -> list[str]:
-        texts = own.get(model) or task_texts
-        if not texts:
-            raise BanditError(f"trial merges need probe texts: register {model} with --probes, "
-                              f"or give task {task!r} probes (bandit tasks add {task} --probes FILE)")
-        return texts
+        return own[model]
 
     base_path = inputs[0][0]
     paths = {m: path for (a, b), (_, (pa, pb)) in zip(pairs, inputs) for m, path in ((a, pa), (b, pb))}
@@ -124,3 +124,52 @@ def trial_actions(store, live, task: str, pairs: Sequence[tuple[str, str]], cont
                         cache_dir=cache_dir)
     report.budget = budget
     return report
+
+
+def expert_probes(store, model: str, task: str) -> list[str]:
+    """The probes a trial merge scores `model` on: its own (`models add --probes`), else the task's."""
+    from bandit.service.context import task_probes
+
+    texts = store.model_probes(model) or task_probes(store, task)
+    if not texts:
+        raise BanditError(f"trial merges need probe texts: register {model} with --probes, "
+                          f"or give task {task!r} probes (bandit tasks add {task} --probes FILE)")
+    return texts
+
+
+class CatalogTrials:
+    """Trial features of every arm for ordered pairs of registered models, one pair per call
+    (`bandit outcomes --trial-merges`): `trials(a, b)` -> `{arm: {feature: value}}`. The
+    actions and the experts' references come from the same on-disk caches as `propose
+    --trial-merges`; the counters say how many merges ran and how many came from the cache."""
+
+    def __init__(self, store, base: str, paths: Mapping[str, str], arms: Sequence[Any],
+                 task_of: Callable[[str, str], str], *, device: str = "auto", cache_dir: str | None = None,
+                 seed: int = 0, on_action: Callable[[str, str, str, bool], None] | None = None):
+        self.store, self.base, self.paths, self.task_of = store, base, dict(paths), task_of
+        self.specs = {arm.name: (arm.operator, dict(arm.params)) for arm in arms}
+        self.device, self.cache_dir, self.seed, self.on_action = device, cache_dir, seed, on_action
+        self.merges = self.cached = 0
+        self.seconds = 0.0
+
+    def check_probes(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Fail before any merge when an expert has no probes to be scored on."""
+        for a, b in pairs:
+            task = self.task_of(a, b)
+            for model in (a, b):
+                expert_probes(self.store, model, task)
+
+    def __call__(self, a: str, b: str) -> dict[str, dict[str, float]]:
+        task = self.task_of(a, b)
+        probes = {m: expert_probes(self.store, m, task) for m in (a, b)}
+        on_action = None if self.on_action is None else (lambda c, arm, cached: self.on_action(a, b, arm, cached))
+        report = run_trials(self.base, [(a, b)], {a: self.paths[a], b: self.paths[b]}, probes.__getitem__,
+                            self.specs, {(0, arm) for arm in self.specs}, device=self.device,
+                            cache_dir=self.cache_dir, seed=self.seed, on_action=on_action)
+        self.merges += report.merges
+        self.cached += report.cached
+        self.seconds += report.seconds
+        return report.features[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"merges": self.merges, "cached": self.cached, "seconds": round(self.seconds, 3)}
