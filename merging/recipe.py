@@ -539,31 +539,3 @@ def _mapping(value: Any, where: str) -> dict:
     if not isinstance(value, Mapping):
         raise MergeError(f"recipe: {where} must be a mapping")
     return dict(value)
-
-
-def parse_param_args(pairs: Sequence[str]) -> dict[str, Any]:
-    """Turn command-line `k=v` strings into a params dict, values read as YAML scalars:
-    `density=0.5`, `normalize=false`, and per-model lists as `weight=0.7,0.3` or
-    `weight=[0.7, 0.3]`."""
-    import yaml
-
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise MergeError(f"--param {pair!r}: expected key=value")
-        if key in params:
-            raise MergeError(f"--param {key} given twice")
-        raw = raw.strip()
-        try:
-            if "," in raw and not raw.startswith("["):
-                value: Any = [yaml.safe_load(part.strip()) for part in raw.split(",")]
-            else:
-                value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
-            raise MergeError(f"--param {pair!r}: value not understood") from None
-        if value is None or isinstance(value, dict):
-            raise MergeError(f"--param {pair!r}: expected a number, true/false or a list")
-        params[key] = value
-    return params

@@ -13,7 +13,7 @@ import torch
 from merging import operators as ops
 from merging import registry
 from merging.errors import MergeError
-from merging.recipe import Recipe, parse_param_args
+from merging.recipe import Recipe
 from merging.registry import OperatorParams, Param, get_operator, merge_operator, validate_params
 
 torch.set_num_threads(1)
@@ -427,14 +427,6 @@ def test_bad_recipes_are_one_line_errors(text, message):
     with pytest.raises(MergeError) as e:
         Recipe.from_yaml(text).validate()
     assert message in str(e.value) and "\n" not in str(e.value)
-
-
-def test_parse_param_args():
-    assert parse_param_args(["weight=0.7,0.3", "density=0.5", "normalize=false", "t=[0.1]"]) == {
-        "weight": [0.7, 0.3], "density": 0.5, "normalize": False, "t": [0.1]}
-    for bad in (["density"], ["=1"], ["a=1", "a=2"], ["x="]):
-        with pytest.raises(MergeError):
-            parse_param_args(bad)
 
 
 # -- operators from outside ---------------------------------------------------------------------------
