@@ -110,3 +110,21 @@ def test_learning_order_gives_bit_identical_state_and_new_features_extend_exactl
     assert late.context_names == padded.context_names
     for arm in arms:
         assert np.array_equal(late.S[arm], padded.S[arm])
+
+
+def test_an_action_without_trial_signals_is_scored_at_the_mean_signal_not_at_zero():
+    """A log that mixes proposals with and without trial merges: the second kind must not be
+    read as `trial_exact = 0` (that predicted −0.47 for every arm after one reward of 0.40)."""
+    from bandit.policies.base import Action, ArmSpec
+    from bandit.policies.pooled import PooledRidge
+
+    pol = PooledRidge()
+    for name in ("ties", "linear"):
+        pol.add_arm(ArmSpec(name, name, {}))
+    pol.learn_one("ties", {"f": 0.2}, 0.40, {"trial_exact": 0.875})
+    pol.learn_one("linear", {"f": 0.4}, 0.60, {"trial_exact": 0.625})
+    mean_signal = (0.875 + 0.625) / 2
+    bare, at_mean = pol.scores([Action("ties", {"f": 0.3}, 0, {}),
+                                Action("ties", {"f": 0.3}, 0, {"trial_exact": mean_signal})])[0]
+    assert bare == pytest.approx(at_mean, abs=1e-12)
+    assert bare > 0.3  # near the rewards' mean (0.5), not shifted down by the anchor's 1 × 0.75

@@ -107,8 +107,22 @@ class PooledRidge(Policy):
         self._solved = None
 
     def _u(self, context: Mapping[str, float], features: Mapping[str, float]) -> np.ndarray:
+        """[1, x, g]. An action feature the action lacks (a proposal made without trial merges
+        in a log that has them) is not a signal of 0: it takes the mean of the rewarded
+        actions' values so far, so it moves neither the prediction nor β."""
+        fill = self._action_means() if any(k not in features for k in self.action_names) else None
         return np.array([1.0] + [float(context.get(k, 0.0)) for k in self.context_names]
-                        + [float(features.get(k, 0.0)) for k in self.action_names])
+                        + [float(features[k]) if k in features else float(fill[j])
+                           for j, k in enumerate(self.action_names)])
+
+    def _action_means(self) -> np.ndarray:
+        """ḡ: the mean action features of every rewarded action (0 before any)."""
+        nx = len(self.context_names)
+        if not self.S:
+            return np.zeros(len(self.action_names))
+        total_first_row = sum(S[0] for S in self.S.values())
+        n = total_first_row[0]
+        return total_first_row[1 + nx:] / n if n > 0 else np.zeros(len(self.action_names))
 
     # -- learning ----------------------------------------------------------------------------
     def learn_one(self, arm: str, context: Mapping[str, float], reward: float,
