@@ -46,7 +46,7 @@ def cycles_per_second(db: str, cycles: int, d: int = 32, k: int = 20) -> float:
 
 
 LATENCY_POLICIES = {
-    "linucb": {}, "lints": {}, "egreedy": {}, "hybrid": {}, "vw": {}, "random": {},
+    "pooled": {}, "linucb": {}, "lints": {}, "egreedy": {}, "hybrid": {}, "vw": {}, "random": {},
     "fixed": {"arm": "ties", "epsilon": 0.05},
 }
 

@@ -394,15 +394,16 @@ def _logged_rewards(svc, n, seed=0):
         svc.reward(p.event_id, float(rng.uniform(0, 1)))
 
 
-@pytest.mark.parametrize("name", ["hybrid", "vw"])
+@pytest.mark.parametrize("name", ["hybrid", "vw", "pooled"])
 def test_policy_switch_relearns_once_and_matches_a_fresh_relearn(tmp_path, name):
     from bandit.service import Service
 
     db = str(tmp_path / "s.db")
     svc = Service(db)
+    svc.set_policy("linucb", {})  # the log is made under another policy, then switched to `name`
     _logged_rewards(svc, 40)
     svc.set_policy(name, {})
-    snapshot = tmp_path / ("s.db" + {"hybrid": ".hybrid.npz", "vw": ".vw"}[name])
+    snapshot = tmp_path / ("s.db" + {"hybrid": ".hybrid.npz", "vw": ".vw", "pooled": ".pooled.npz"}[name])
     assert snapshot.exists()  # the switching process relearned the log and wrote it
     written = snapshot.stat().st_mtime_ns
 

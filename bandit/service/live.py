@@ -24,7 +24,7 @@ from bandit.policies.ridge import Posterior
 from bandit.policies.registry import DEFAULT_POLICY, make_policy
 from bandit.service.reward import RIDGE, RewardOutcome, arm_prior
 
-SNAPSHOT_SUFFIX = {"vw": ".vw", "hybrid": ".hybrid.npz"}
+SNAPSHOT_SUFFIX = {"vw": ".vw", "hybrid": ".hybrid.npz", "pooled": ".pooled.npz"}
 # Writing a snapshot costs a few ms; a process that loads one relearns the rewards after
 # its cursor, so it is rewritten only once it lags this many rewards behind.
 SNAPSHOT_EVERY = 32
@@ -44,6 +44,10 @@ def _snapshot_class(policy_name: str):
         from bandit.policies.vw import VWPolicy
 
         return VWPolicy
+    if policy_name == "pooled":
+        from bandit.policies.pooled import PooledRidge
+
+        return PooledRidge
     from bandit.policies.hybrid import HybridLinUCB
 
     return HybridLinUCB
