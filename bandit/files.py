@@ -49,15 +49,15 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
-    """A text file written to a temporary sibling and renamed into place on success only."""
-    path = Path(path)
+def _atomic_file(path: Path, mode: str) -> Iterator[IO]:
+    """A file written to a temporary sibling and renamed into place on success only. mkstemp
+    makes it private; it gets the mode a plain open() would (the umask's), as the database has."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     except OSError as e:
         raise BanditError(f"{path}: cannot write there ({e.strerror or e})") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
@@ -67,16 +67,13 @@ def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
         raise
 
 
+@contextmanager
+def atomic_text_writer(path: str | os.PathLike) -> Iterator[IO[str]]:
+    """A text file written to a temporary sibling and renamed into place on success only."""
+    with _atomic_file(Path(path), "w") as f:
+        yield f
+
+
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp makes it private; give it the mode a plain open() would, as the database has
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _atomic_file(Path(path), "wb") as f:
+        f.write(data)
