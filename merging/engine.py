@@ -301,42 +301,58 @@ def run_merge(recipe: Recipe, out_dir: str | os.PathLike, *, device: str = "auto
     "predicted_reward": 0.61}).
     Raises MergeError (one line) for anything a user can cause; no output folder is left
     behind on any failure."""
-    for ref in plugins:
-        load_plugin(ref)
     started = time.perf_counter()
-    shard_bytes = parse_size(shard_size)
     out = Path(out_dir)
     _check_out_dir(out, overwrite)
-    plan = plan_merge(recipe, allow_vocab_mismatch=allow_vocab_mismatch)
+    plan = _plan(recipe, plugins, allow_vocab_mismatch)
     try:
-        import torch
-
         from merging.device import resolve_device
 
         dev = resolve_device(device)
-        compute = torch_dtype(recipe.compute_dtype)
-        planned = [PlannedTensor(j.name, j.st_dtype, j.shape) for j in plan.jobs]
-        shards = plan_shards(planned, shard_bytes)
-        try:
-            with PartialFolder(out) as tmp:
-                writer = ShardWriter(tmp.path, shards)
-                try:
-                    # mergekit's `dtype` is also what inputs are cast to before the math.
-                    input_dtype = torch_dtype(recipe.dtype) if recipe.dtype is not None else None
-                    _stream(plan, writer, dev, compute, recipe.seed, progress, on_tensor, input_dtype)
-                    writer.close()
-                    write_side_files(plan, recipe, tmp.path, provenance)
-                    tmp.commit(overwrite)
-                finally:
-                    writer.abort()
-        except OSError as e:
-            raise MergeError(f"{out}: write failed ({e.strerror or e})") from None
+        shards, bytes_written = _write_folder(
+            plan, recipe, out, shard_size, overwrite, provenance,
+            lambda writer: _stream_recipe(plan, recipe, writer, dev, progress, on_tensor))
     finally:
         for ckpt in plan.inputs:
             ckpt.close()
-    return MergeResult(path=str(out), operator=recipe.operator, tensors=len(plan.jobs), shards=len(shards),
-                       bytes_written=writer.bytes_written, seconds=round(time.perf_counter() - started, 3),
+    return MergeResult(path=str(out), operator=recipe.operator, tensors=len(plan.jobs), shards=shards,
+                       bytes_written=bytes_written, seconds=round(time.perf_counter() - started, 3),
                        device=str(dev))
+
+
+def _plan(recipe: Recipe, plugins: Sequence[str], allow_vocab_mismatch: bool) -> MergePlan:
+    for ref in plugins:
+        load_plugin(ref)
+    return plan_merge(recipe, allow_vocab_mismatch=allow_vocab_mismatch)
+
+
+def _stream_recipe(plan: MergePlan, recipe: Recipe, writer, dev, progress: bool | None,
+                   on_tensor: Callable[[str], None] | None) -> None:
+    """Every tensor of the plan through the operator into `writer`, in the recipe's dtypes:
+    mergekit's `dtype` is also what inputs are cast to before the math."""
+    input_dtype = torch_dtype(recipe.dtype) if recipe.dtype is not None else None
+    _stream(plan, writer, dev, torch_dtype(recipe.compute_dtype), recipe.seed, progress, on_tensor, input_dtype)
+
+
+def _write_folder(plan: MergePlan, recipe: Recipe, out: Path, shard_size: str | int, overwrite: bool,
+                  provenance: Mapping[str, Any] | None, fill: Callable[[ShardWriter], None]) -> tuple[int, int]:
+    """The output folder, atomically: `fill` writes every planned tensor into the shard
+    writer, then the side files, recipe and model card; renamed into place on success only.
+    Returns (shards, bytes written)."""
+    shards = plan_shards([PlannedTensor(j.name, j.st_dtype, j.shape) for j in plan.jobs], parse_size(shard_size))
+    try:
+        with PartialFolder(out) as tmp:
+            writer = ShardWriter(tmp.path, shards)
+            try:
+                fill(writer)
+                writer.close()
+                write_side_files(plan, recipe, tmp.path, provenance)
+                tmp.commit(overwrite)
+            finally:
+                writer.abort()
+    except OSError as e:
+        raise MergeError(f"{out}: write failed ({e.strerror or e})") from None
+    return len(shards), writer.bytes_written
 
 
 class _StateDictSink:
@@ -371,24 +387,14 @@ class InMemoryMerge:
         started = time.perf_counter()
         out = Path(out_dir)
         _check_out_dir(out, overwrite)
-        shards = plan_shards([PlannedTensor(j.name, j.st_dtype, j.shape) for j in self.plan.jobs],
-                             parse_size(shard_size))
-        try:
-            with PartialFolder(out) as tmp:
-                writer = ShardWriter(tmp.path, shards)
-                try:
-                    for shard in shards:
-                        for planned in shard:
-                            writer.write(planned.name, self.state[planned.name])
-                    writer.close()
-                    write_side_files(self.plan, self.recipe, tmp.path, provenance)
-                    tmp.commit(overwrite)
-                finally:
-                    writer.abort()
-        except OSError as e:
-            raise MergeError(f"{out}: write failed ({e.strerror or e})") from None
+
+        def fill(writer: ShardWriter) -> None:
+            for job in self.plan.jobs:
+                writer.write(job.name, self.state[job.name])
+
+        shards, bytes_written = _write_folder(self.plan, self.recipe, out, shard_size, overwrite, provenance, fill)
         return MergeResult(path=str(out), operator=self.recipe.operator, tensors=len(self.plan.jobs),
-                           shards=len(shards), bytes_written=writer.bytes_written,
+                           shards=shards, bytes_written=bytes_written,
                            seconds=round(time.perf_counter() - started, 3), device="memory (trial merge reused)")
 
 
@@ -397,18 +403,13 @@ def run_merge_to_state_dict(recipe: Recipe, *, device: str = "auto", allow_vocab
     """Merge the recipe's models in memory, with no folder: the same planning, checks and
     streaming as `run_merge`, the tensors collected into a state dict (on the CPU, in the
     output dtype). For trial merges, which load the result straight into a model."""
-    for ref in plugins:
-        load_plugin(ref)
     started = time.perf_counter()
-    plan = plan_merge(recipe, allow_vocab_mismatch=allow_vocab_mismatch)
-
-    from merging.device import resolve_device
-
-    dev = resolve_device(device)
-    sink = _StateDictSink()
+    plan = _plan(recipe, plugins, allow_vocab_mismatch)
     try:
-        input_dtype = torch_dtype(recipe.dtype) if recipe.dtype is not None else None
-        _stream(plan, sink, dev, torch_dtype(recipe.compute_dtype), recipe.seed, False, None, input_dtype)
+        from merging.device import resolve_device
+
+        sink = _StateDictSink()
+        _stream_recipe(plan, recipe, sink, resolve_device(device), False, None)
     finally:
         for ckpt in plan.inputs:
             ckpt.close()
