@@ -107,11 +107,14 @@ class PooledRidge(Policy):
             self.S[arm], self.t[arm] = S, t
         self._solved = None
 
-    def _u(self, context: Mapping[str, float], features: Mapping[str, float]) -> np.ndarray:
+    def _u(self, context: Mapping[str, float], features: Mapping[str, float],
+           fill: np.ndarray | None = None) -> np.ndarray:
         """[1, x, g]. An action feature the action lacks (a proposal made without trial merges
         in a log that has them) is not a signal of 0: it takes the mean of the rewarded
-        actions' values so far, so it moves neither the prediction nor β."""
-        fill = self._action_means() if any(k not in features for k in self.action_names) else None
+        actions' values so far (`fill`, computed here when not given), so it moves neither
+        the prediction nor β."""
+        if fill is None and any(k not in features for k in self.action_names):
+            fill = self._action_means()
         return np.array([1.0] + [float(context.get(k, 0.0)) for k in self.context_names]
                         + [float(features[k]) if k in features else float(fill[j])
                            for j, k in enumerate(self.action_names)])
@@ -259,7 +262,8 @@ class PooledRidge(Policy):
             if a.arm not in pos:
                 raise BanditError(f"unknown arm {a.arm!r}")
             ks.append(pos[a.arm])
-        U = np.array([self._u(a.context, a.features or {}) for a in actions])
+        fill = self._action_means()  # once per decision, not once per action
+        U = np.array([self._u(a.context, a.features or {}, fill) for a in actions])
         return fit, ks, U @ fit.M.T
 
     def scores(self, actions: Sequence[Action]) -> tuple[np.ndarray, np.ndarray]:
