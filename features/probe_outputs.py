@@ -38,12 +38,21 @@ META = "__meta__"
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def simmerge_home() -> Path:
+    """Where simmerge keeps its caches and the zoo: $SIMMERGE_HOME when set, else the user's
+    cache folder ($XDG_CACHE_HOME, default ~/.cache) / simmerge. The one place that decides."""
+    home = os.environ.get("SIMMERGE_HOME")
+    if home:
+        return Path(home).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "simmerge"
+
+
 def default_cache_root(database: str | os.PathLike | None = None) -> Path:
-    """`cache/` beside the database when one is given, else under $SIMMERGE_HOME."""
+    """`cache/` beside the database when one is given, else under `simmerge_home()`."""
     if database is not None and str(database) != ":memory:":
         return Path(database).expanduser().resolve().parent / "cache"
-    home = os.environ.get("SIMMERGE_HOME") or str(Path.home() / ".cache" / "simmerge")
-    return Path(home).expanduser() / "cache"
+    return simmerge_home() / "cache"
 
 
 @dataclass(frozen=True)

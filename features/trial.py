@@ -60,12 +60,10 @@ class ReferenceOutputs:
 
 # -- cache location and keys ---------------------------------------------------------------
 def default_cache_dir() -> Path:
-    """$SIMMERGE_HOME/probe-outputs when set, else the user's cache folder / simmerge/probe-outputs."""
-    home = os.environ.get("SIMMERGE_HOME")
-    if home:
-        return Path(home).expanduser() / "probe-outputs"
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "simmerge" / "probe-outputs"
+    """`probe-outputs/` under simmerge's home ($SIMMERGE_HOME, else ~/.cache/simmerge)."""
+    from features.probe_outputs import simmerge_home
+
+    return simmerge_home() / "probe-outputs"
 
 
 def texts_hash(texts: Sequence[str]) -> str:

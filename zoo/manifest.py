@@ -34,12 +34,10 @@ FORMAT = "simmerge-zoo/1"
 
 
 def default_root() -> Path:
-    """$SIMMERGE_HOME/zoo when set, else the user's cache folder (XDG) / simmerge/zoo."""
-    home = os.environ.get("SIMMERGE_HOME")
-    if home:
-        return Path(home).expanduser() / "zoo"
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "simmerge" / "zoo"
+    """`zoo/` under simmerge's home ($SIMMERGE_HOME, else the user's cache folder / simmerge)."""
+    from features.probe_outputs import simmerge_home
+
+    return simmerge_home() / "zoo"
 
 
 def default_zoo_dir(size: str = "tiny") -> Path:
