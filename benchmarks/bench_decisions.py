@@ -34,9 +34,10 @@ from bandit.offline.replay import gap_closure, interval  # noqa: E402
 
 
 def load_table(path: str, zoo_dir: str | None):
-    from zoo.trial_features import add_trial_columns, read_table
+    from bandit.offline.outcomes import read_outcomes, table_records
+    from zoo.trial_features import add_trial_columns
 
-    rows = read_table(path)
+    rows = table_records(read_outcomes(path))
     arms = [k[2:] for k in rows[0] if k.startswith("r:")]
     if zoo_dir is not None and not any(k.startswith("a:") for k in rows[0]):
         from zoo.manifest import load_zoo

@@ -10,8 +10,6 @@ tables v2: the action feature of that arm on that row).
 """
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,34 +35,20 @@ def zoo_trial_features(zoo: Zoo, *, arms: Sequence[tuple[str, str, dict]] = DEFA
 
     The cache is the service's own (`features.trial.ActionCache` in `<zoo>/probe-outputs`),
     with the same keys, so `propose --trial-merges` on the zoo's experts reuses it."""
-    from features.trial import ActionCache, TrialRunner, action_key, checkpoint_fingerprint
+    from bandit.service.trials import run_trials
 
-    cache = ActionCache(cache_dir(zoo))
+    specs = {arm: (operator, dict(params)) for arm, operator, params in arms}
     out: dict[tuple[str, str, str], dict] = {}
-    fingerprints = {t: checkpoint_fingerprint(zoo.expert(t)) for t in zoo.tasks}
-    base_fp = checkpoint_fingerprint(zoo.base)
-    try:
-        for a, b in (pairs if pairs is not None else zoo.pairs()):
-            pa, pb = task_probes(zoo, a), task_probes(zoo, b)
-            fps = (base_fp, fingerprints[a], fingerprints[b])
-            runner = None
-            for arm, operator, params in arms:
-                key = action_key(fps, operator, params, pa, pb, seed=MERGE_SEED)
-                hit = cache.get(key)
-                if hit is None:
-                    if runner is None:
-                        runner = TrialRunner(zoo.base, zoo.expert(a), zoo.expert(b), pa, pb, device=device,
-                                             cache_dir=cache_dir(zoo), seed=MERGE_SEED)
-                    t0 = time.perf_counter()
-                    result = runner.trial(operator, params)
-                    cache.put(key, result.features, time.perf_counter() - t0)
-                    if cache.fresh >= 32:  # keep what was computed if the run is interrupted
-                        cache.save()
-                out[(a, b, arm)] = cache.get(key)
-                if on_cell is not None:
-                    on_cell(a, b, arm, hit is not None)
-    finally:
-        cache.save()
+    fingerprints: dict[str, str] = {}
+    for a, b in (pairs if pairs is not None else zoo.pairs()):
+        probes = {a: task_probes(zoo, a), b: task_probes(zoo, b)}
+        on_action = None if on_cell is None else (lambda c, arm, cached, a=a, b=b: on_cell(a, b, arm, cached))
+        report = run_trials(str(zoo.base), [(a, b)], {a: str(zoo.expert(a)), b: str(zoo.expert(b))},
+                            probes.__getitem__, specs, {(0, arm) for arm in specs}, device=device,
+                            cache_dir=str(cache_dir(zoo)), seed=MERGE_SEED, on_action=on_action,
+                            fingerprints=fingerprints)
+        for arm in specs:
+            out[(a, b, arm)] = report.features[0][arm]
     return out
 
 
@@ -93,19 +77,3 @@ def add_trial_columns(rows: list[dict[str, Any]], zoo: Zoo, arms: Sequence[str],
                     row[action_column(arm, name)] = value
         out.append(row)
     return out
-
-
-def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """An outcome table (CSV or JSONL) with numbers as floats."""
-    import csv
-
-    path = Path(path)
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in r.items():
-            if k.startswith(("f:", "r:", "a:")):
-                r[k] = float(v)
-    return rows

@@ -47,9 +47,12 @@ def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, 
                probes_of: Callable[[str], list[str]], arms: Mapping[str, tuple[str, dict]],
                selected: set[tuple[int, str]], *, device: str = "auto", keep: bool = False,
                cache_dir: str | None = None, seed: int = 0,
-               on_action: Callable[[int, str, bool], None] | None = None) -> TrialReport:
+               on_action: Callable[[int, str, bool], None] | None = None,
+               fingerprints: dict[str, str] | None = None) -> TrialReport:
     """Trial every selected (candidate, arm); `arms` maps arm name -> (operator, params).
-    `on_action(candidate, arm, cached)` is called after each action (a progress bar)."""
+    `on_action(candidate, arm, cached)` is called after each action (a progress bar).
+    `fingerprints`: a memo of checkpoint fingerprints by path, filled here as needed, so a
+    caller running many pairs samples each checkpoint once, not once per pair."""
     from features.errors import FeatureError
     from features.trial import ActionCache, TrialRunner, action_key, checkpoint_fingerprint
 
@@ -57,8 +60,11 @@ def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, 
     report = TrialReport([{} for _ in pairs])
     cache = ActionCache(cache_dir)
     try:
-        fingerprints = {m: checkpoint_fingerprint(p) for m, p in paths.items()}
-        base_fp = checkpoint_fingerprint(base)
+        memo = {} if fingerprints is None else fingerprints
+        for path in [base, *paths.values()]:
+            if path not in memo:
+                memo[path] = checkpoint_fingerprint(path)
+        base_fp = memo[base]
         for c, (a, b) in enumerate(pairs):
             wanted = [arm for arm in arms if (c, arm) in selected]
             if not wanted:
@@ -67,7 +73,7 @@ def run_trials(base: str, pairs: Sequence[tuple[str, str]], paths: Mapping[str, 
             runner = None
             for arm in wanted:
                 operator, params = arms[arm]
-                key = action_key((base_fp, fingerprints[a], fingerprints[b]), operator, params, pa, pb, seed=seed)
+                key = action_key((base_fp, memo[paths[a]], memo[paths[b]]), operator, params, pa, pb, seed=seed)
                 cached = cache.get(key)
                 # A kept merge is wanted only for --merge-to; then the cache cannot supply it.
                 if cached is not None and not keep:
@@ -113,14 +119,10 @@ def trial_actions(store, live, task: str, pairs: Sequence[tuple[str, str]], cont
         scores = (means + bonuses).tolist()
     selected = select_actions(scores or [0.0] * len(keys), keys, budget)
     own = {m: expert_probes(store, m, task) for m in {x for p in pairs for x in p}}
-
-    def probes_of(model: str) -> list[str]:
-        return own[model]
-
     base_path = inputs[0][0]
     paths = {m: path for (a, b), (_, (pa, pb)) in zip(pairs, inputs) for m, path in ((a, pa), (b, pb))}
     specs = {arm: (policy.specs[arm].operator, dict(policy.specs[arm].params)) for arm in arms}
-    report = run_trials(base_path, pairs, paths, probes_of, specs, selected, device=device, keep=keep,
+    report = run_trials(base_path, pairs, paths, own.__getitem__, specs, selected, device=device, keep=keep,
                         cache_dir=cache_dir)
     report.budget = budget
     return report
@@ -151,6 +153,7 @@ class CatalogTrials:
         self.device, self.cache_dir, self.seed, self.on_action = device, cache_dir, seed, on_action
         self.merges = self.cached = 0
         self.seconds = 0.0
+        self.fingerprints: dict[str, str] = {}  # by path, across the pairs of one table
 
     def check_probes(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Fail before any merge when an expert has no probes to be scored on."""
@@ -165,7 +168,8 @@ class CatalogTrials:
         on_action = None if self.on_action is None else (lambda c, arm, cached: self.on_action(a, b, arm, cached))
         report = run_trials(self.base, [(a, b)], {a: self.paths[a], b: self.paths[b]}, probes.__getitem__,
                             self.specs, {(0, arm) for arm in self.specs}, device=self.device,
-                            cache_dir=self.cache_dir, seed=self.seed, on_action=on_action)
+                            cache_dir=self.cache_dir, seed=self.seed, on_action=on_action,
+                            fingerprints=self.fingerprints)
         self.merges += report.merges
         self.cached += report.cached
         self.seconds += report.seconds
