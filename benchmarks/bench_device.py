@@ -74,24 +74,11 @@ def _drop_cache(folders) -> None:
 
 
 def read_floor(folders, scratch: Path | None = None, write_bytes: int = 0) -> float:
-    """Seconds to read every weight file of `folders` once (and write `write_bytes` once)."""
-    block = bytearray(64 << 20)
-    view = memoryview(block)
-    t0 = time.perf_counter()
-    for folder in folders:
-        for f in sorted(Path(folder).glob("*.safetensors")):
-            with open(f, "rb", buffering=0) as fh:
-                while fh.readinto(view):
-                    pass
-    if write_bytes and scratch is not None:
-        with open(scratch, "wb", buffering=0) as fh:
-            left = write_bytes
-            while left > 0:
-                n = min(left, len(block))
-                fh.write(view[:n])
-                left -= n
-        scratch.unlink()
-    return time.perf_counter() - t0
+    """Seconds to read every weight file of `folders` once (and write `write_bytes` once,
+    fsynced as a merge's output is): bench_merge's floor, so both benchmarks mean the same."""
+    from bench_merge import io_floor
+
+    return io_floor([Path(f) for f in folders], write_bytes, scratch)[0]
 
 
 def bench_merges(size: str, workdir: Path, dev, *, cold: bool) -> None:

@@ -69,9 +69,9 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("*.safetensors"))
 
 
-def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> tuple[float, float]:
-    """Read every input's weight files once and write out_bytes once (fsynced), in 64 MB
-    blocks. Returns (wall seconds, CPU seconds)."""
+def io_floor(inputs: list[Path], out_bytes: int = 0, scratch: Path | None = None) -> tuple[float, float]:
+    """Read every input's weight files once and write out_bytes once (fsynced, into scratch)
+    in 64 MB blocks; out_bytes 0: read only. Returns (wall seconds, CPU seconds)."""
     block = bytearray(64 << 20)
     view = memoryview(block)
     started = time.perf_counter()
@@ -81,17 +81,19 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> tuple[float, 
             with open(f, "rb", buffering=0) as fh:
                 while fh.readinto(view):
                     pass
-    with open(scratch, "wb", buffering=0) as fh:
-        left = out_bytes
-        while left > 0:
-            n = min(left, len(block))
-            fh.write(view[:n])
-            left -= n
-        # Synced, as a merge syncs its output before renaming it into place.
-        os.fsync(fh.fileno())
+    if out_bytes:
+        with open(scratch, "wb", buffering=0) as fh:
+            left = out_bytes
+            while left > 0:
+                n = min(left, len(block))
+                fh.write(view[:n])
+                left -= n
+            # Synced, as a merge syncs its output before renaming it into place.
+            os.fsync(fh.fileno())
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
-    scratch.unlink()
+    if out_bytes:
+        scratch.unlink()
     return seconds, cpu
 
 
