@@ -37,12 +37,7 @@ def _propose(svc, body: s.ProposeRequest, device: str) -> dict:
         if body.trial_merges or body.trial_budget:
             raise InvalidInput("trial merges need models: they merge the candidate pairs")
         p = svc.propose(body.task, body.context or {}, seed=seed)  # the facade checks the context
-    # Proposal.to_dict() without its deep copy: the payload is serialised at once.
-    out = dict(vars(p))
-    for optional in ("merged", "trial"):
-        if out.get(optional) is None:
-            out.pop(optional, None)
-    return out
+    return p.shallow_dict()
 
 
 @router.post("/propose", response_model=s.Proposal, response_model_exclude_unset=True, responses=ERRORS,
