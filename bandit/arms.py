@@ -41,11 +41,3 @@ def validate_operator(operator: str, params: dict[str, Any], n_models: int = 2) 
         raise BanditError(str(e)) from None
     return params
 
-
-def merge_meaning(operator: str, params: dict[str, Any], n_models: int = 2) -> dict[str, Any]:
-    """What a merge with these params does: every parameter, defaults filled in. Caches of
-    merge results are keyed by this, not by the params as written, so a changed default
-    (say, an operator that now follows mergekit's meaning) invalidates what it changes."""
-    from merging.registry import validate_params
-
-    return validate_params(operator, params, n_models)

@@ -392,9 +392,9 @@ def action_key(fingerprints: tuple[str, str, str], operator: str, params: Mappin
     """A cache key for one action's trial features: the checkpoints' fingerprints (base, A,
     B), the arm, the probes and every setting that changes the numbers. The arm counts by what
     its merge does (params with the operator's defaults filled in), so a changed default is a miss."""
-    from merging.registry import validate_params
+    from merging.registry import merge_meaning
 
-    meaning = validate_params(operator, dict(params), 2)
+    meaning = merge_meaning(operator, dict(params))
     stamp = json.dumps([*fingerprints, operator, meaning, texts_hash(probes_a), texts_hash(probes_b),
                         max_new_tokens, seed, TRIAL_VERSION], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:32]

@@ -132,3 +132,10 @@ def validate_params(operator: str, params: Mapping[str, Any], n_models: int) -> 
         if p.per_model:
             out[p.name] = [m[p.name] for m in per_model]
     return out
+
+
+def merge_meaning(operator: str, params: Mapping[str, Any], n_models: int = 2) -> dict[str, Any]:
+    """What a merge with these params does: every parameter, defaults filled in. Caches of
+    merge results (outcome tables, trial features) are keyed by this, not by the params as
+    written, so a changed default invalidates what it changes."""
+    return validate_params(operator, params, n_models)

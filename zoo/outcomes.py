@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bandit.arms import DEFAULT_ARMS, merge_meaning
+from bandit.arms import DEFAULT_ARMS
 from zoo.manifest import Zoo
 
 # The tiny zoo's table (task, pair and rewards; no features), shipped as an optional prior:
@@ -93,6 +93,8 @@ def register_zoo(svc, zoo: Zoo) -> None:
 
 
 def _cache_key(zoo: Zoo, arm: str, operator: str, params: dict, a: str, b: str) -> str:
+    from merging.registry import merge_meaning
+
     stamp = json.dumps([zoo.manifest.get("recipe"), zoo.manifest.get("accuracy", {}).get(zoo.expert_name(a)),
                         zoo.manifest.get("accuracy", {}).get(zoo.expert_name(b)), operator,
                         merge_meaning(operator, params), a, b, MERGE_SEED],

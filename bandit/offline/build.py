@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bandit.arms import merge_meaning
 from bandit.errors import BanditError
 from bandit.policies.base import ArmSpec
 
@@ -103,6 +102,8 @@ class BuildResult:
 
 
 def cell_key(fp_a: str, fp_b: str, fp_base: str, arm: ArmSpec, seed: int, evaluator_id: str) -> str:
+    from merging.registry import merge_meaning
+
     stamp = json.dumps([fp_a, fp_b, fp_base, arm.operator, merge_meaning(arm.operator, dict(arm.params)), seed,
                         evaluator_id], sort_keys=True)
     return hashlib.sha256(stamp.encode()).hexdigest()[:32]
