@@ -15,17 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def run(tmp_path):
-    db = str(tmp_path / "cli.db")
-    runner = CliRunner()
-
-    def _run(*args, code=0):
-        res = runner.invoke(main, [*args, "--db", db])
-        assert res.exit_code == code, (res.output, res.stderr if hasattr(res, "stderr") else "")
-        return res
-
-    _run.db = db
-    return _run
+def run(cli_run):
+    return cli_run
 
 
 def test_propose_reward_loop_updates_database(run):

@@ -227,22 +227,13 @@ def test_structural_only_all_pairs(catalog, pairwise):
 
 
 # -- the command --------------------------------------------------------------------------------
-def test_cli_features_all_fills_the_cache_for_every_pair(tmp_path, catalog, pairwise):
+def test_cli_features_all_fills_the_cache_for_every_pair(cli_run, catalog, pairwise):
     import json
 
-    from click.testing import CliRunner
-
-    from cli import main
     from store import Store
 
     base, models = catalog
-    db = str(tmp_path / "cat.db")
-    runner = CliRunner()
-
-    def run(*args, code=0):
-        res = runner.invoke(main, [*args, "--db", db])
-        assert res.exit_code == code, res.output
-        return res
+    run, db = cli_run, cli_run.db
 
     run("models", "add", "base", base)
     for name in ("a", "b", "same"):

@@ -6,9 +6,7 @@ import sqlite3
 import stat
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from store import Store
 
 
@@ -21,20 +19,11 @@ def _db_state(db: str):
 
 
 @pytest.fixture
-def run(tmp_path):
-    db = str(tmp_path / "h.db")
-    runner = CliRunner()
-
-    def _run(*args, code=0):
-        res = runner.invoke(main, [*args, "--db", db])
-        assert res.exit_code == code, res.output
-        return res
-
-    _run.db = db
-    _run("propose", "--task", "t", "-f", "a=0.5", "--seed", "0")
-    _run("reward", "1", "0.9")
-    _run("propose", "--task", "t", "-f", "a=0.2", "--seed", "1")  # event 2, no reward yet
-    return _run
+def run(cli_run):
+    cli_run("propose", "--task", "t", "-f", "a=0.5", "--seed", "0")
+    cli_run("reward", "1", "0.9")
+    cli_run("propose", "--task", "t", "-f", "a=0.2", "--seed", "1")  # event 2, no reward yet
+    return cli_run
 
 
 def _fails_cleanly(run, args, message):
