@@ -33,3 +33,15 @@ def cli_run(tmp_path):
 
     run.db = db
     return run
+
+
+@pytest.fixture(scope="session")
+def trial_family(tmp_path_factory):
+    """A tiny base and two fine-tunes far enough from it for trial merges to tell arms
+    apart, built once per session: {"base", "a", "b"} -> folder."""
+    from feature_models import make_base, make_finetune
+
+    root = tmp_path_factory.mktemp("trial-family")
+    base = make_base(root / "base", seed=0)
+    return {"base": base, "a": make_finetune(base, root / "a", seed=1, scale=0.3),
+            "b": make_finetune(base, root / "b", seed=2, scale=0.3)}

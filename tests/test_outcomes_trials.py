@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from bandit.offline.outcomes import read_outcomes
 from bandit.service import Service
 from cli import main
-from feature_models import make_base, make_finetune
 from features.trial import ACTION_CACHE, TRIAL_FEATURES
 
 TASK_PROBES = ["hello w", "abc", "the quick", "zz top"]
@@ -17,12 +16,9 @@ REWARD = "test -d {model} && echo 0.5"  # the rewards are not what is tested her
 ARMS = ("linear", "ties")
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outtrials")
-    base = make_base(root / "base", seed=0)
-    return {"base": base, "a": make_finetune(base, root / "a", seed=1, scale=0.3),
-            "b": make_finetune(base, root / "b", seed=2, scale=0.3)}
+@pytest.fixture
+def family(trial_family):
+    return trial_family
 
 
 def catalog(tmp_path, family, *, probes: bool) -> str:

@@ -10,28 +10,30 @@ from click.testing import CliRunner
 from bandit.errors import BanditError
 from bandit.service import Service
 from cli import main
-from feature_models import make_base, make_finetune
 
 PROBES = ["hello w", "abc", "the quick", "zz top", "a1b2", "one two"]
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trialfam")
-    base = make_base(root / "base", seed=0)
-    return {"base": base, "a": make_finetune(base, root / "a", seed=1, scale=0.3),
-            "b": make_finetune(base, root / "b", seed=2, scale=0.3)}
+@pytest.fixture
+def family(trial_family):
+    return trial_family
+
+
+def _registered(db: str, family) -> Service:
+    """A service whose catalog holds the family: base, and a and b as its fine-tunes."""
+    from bandit.service.catalog import add_model
+
+    s = Service(db)
+    add_model(s.store, "base", str(family["base"]))
+    for n in ("a", "b"):
+        add_model(s.store, n, str(family[n]), "base")
+    return s
 
 
 @pytest.fixture
 def svc(tmp_path, family, monkeypatch):
     monkeypatch.setenv("SIMMERGE_HOME", str(tmp_path / "home"))
-    s = Service(str(tmp_path / "t.db"))
-    from bandit.service.catalog import add_model
-
-    add_model(s.store, "base", str(family["base"]))
-    for n in ("a", "b"):
-        add_model(s.store, n, str(family[n]), "base")
+    s = _registered(str(tmp_path / "t.db"), family)
     s.add_task("t", PROBES)
     return s
 
@@ -117,12 +119,7 @@ def test_trial_setting_and_cli(svc, tmp_path):
 
 def test_trial_merges_need_probes(tmp_path, family, monkeypatch):
     monkeypatch.setenv("SIMMERGE_HOME", str(tmp_path / "home"))
-    s = Service(str(tmp_path / "np.db"))
-    from bandit.service.catalog import add_model
-
-    add_model(s.store, "base", str(family["base"]))
-    for n in ("a", "b"):
-        add_model(s.store, n, str(family[n]), "base")
+    s = _registered(str(tmp_path / "np.db"), family)
     with pytest.raises(BanditError, match="need probe texts"):
         s.propose_merge("noprobes", ["a", "b"], structural_only=True, device="cpu", trial_merges=True)
     assert list(s.store.events()) == []
