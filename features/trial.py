@@ -330,8 +330,9 @@ def combine(sig_a: Mapping[str, float], sig_b: Mapping[str, float]) -> dict[str,
 class TrialResult:
     features: dict[str, float]
     merge: Any            # merging.engine.InMemoryMerge, or None when not kept
-    merge_seconds: float
-    score_seconds: float
+    merge_seconds: float  # the engine's merge into a state dict
+    score_seconds: float  # the probes, teacher-forced on both experts' references
+    load_seconds: float = 0.0  # the state dict into the architecture (built once per runner, not counted)
 
 
 class TrialRunner:
@@ -364,16 +365,19 @@ class TrialRunner:
         self.reference_cache_hits = int(hit_a) + int(hit_b)
         self.reference_seconds = time.perf_counter() - started
         self._model = None
+        self.architecture_seconds = 0.0  # building the model once, on the first trial
 
     def _architecture(self, config: dict):
         if self._model is None:
             import torch
             from transformers import AutoConfig, AutoModelForCausalLM
 
+            started = time.perf_counter()
             _quiet_transformers()
             cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "transformers_version"})
             torch.manual_seed(0)  # from_config initialises weights that load_state_dict overwrites
             self._model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(self.device).eval()
+            self.architecture_seconds = time.perf_counter() - started
         return self._model
 
     def load(self, state: Mapping[str, Any]):
@@ -402,16 +406,20 @@ class TrialRunner:
             merged = run_merge_to_state_dict(recipe, device=str(self.device))
         except MergeError as e:
             raise FeatureError(str(e)) from None
-        t0 = time.perf_counter()
-        model = self._architecture(merged.config)
-        self.load(merged.state)
         import torch
+
+        model = self._architecture(merged.config)
+        t0 = time.perf_counter()
+        self.load(merged.state)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the copies are asynchronous: count them here
+        t1 = time.perf_counter()
 
         with torch.no_grad():
             sig_a = signals_against(model, self.refs_a, self.pad_id, self.device)
             sig_b = signals_against(model, self.refs_b, self.pad_id, self.device)
         return TrialResult(combine(sig_a, sig_b), merged if keep else None, merged.seconds,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t1, t1 - t0)
 
 
 def pair_fingerprints(base: str | os.PathLike, a: str | os.PathLike, b: str | os.PathLike) -> tuple[str, str, str]:
