@@ -13,8 +13,9 @@ N × N matrix products:
   both changed; their half-sum is the same-direction count;
 - M Mᵀ for the 0/1 top-k masks: per tensor, each pair's intersection, and on the diagonal each
   mask's size, so the Jaccard of every pair.
-The counting products (signs, masks) run in float32, which holds their integer sums exactly
-(up to 2²⁴ entries per chunk) and multiplies about twice as fast; D Dᵀ stays float64.
+D Dᵀ is float64. The counts (signs, masks, the split around each top-k bracket) are exact
+integers from `features.pair_counts`: float32 products on a GPU, bit-packed popcounts on the
+CPU.
 
 The per-pair numbers then go through `DeltaStats.features`: one definition of the features,
 whichever path summed them.
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from features.errors import FeatureError
+from features.pair_counts import counts_for
 from features.structural import (TOPK_FRACTION, TOPK_MARGIN, TOPK_SAMPLE, DeltaStats, _Dots, compared_tensors,
                                  block_of, group_of)
 
@@ -44,12 +46,9 @@ from features.structural import (TOPK_FRACTION, TOPK_MARGIN, TOPK_SAMPLE, DeltaS
 WORK_ENTRIES = 1 << 18
 GPU_WORK_ENTRIES = 1 << 24
 DEFAULT_MEMORY_BUDGET = 1 << 30
-# Bytes of work buffers per entry of a row (`_Buffers`: deltas and scratch in float64, counts in
-# float32, two boolean masks).
+# Bytes of work buffers per entry of a row (`_Buffers`: deltas and scratch in float64, counting
+# scratch in float32 on a GPU, two boolean masks).
 WORK_BYTES_PER_ENTRY = 8 + 8 + 4 + 1 + 1
-# Sign and mask products are sums of −1/0/1 products: float32 holds every such sum exactly up
-# to 2²⁴ terms and its matrix products run about twice as fast as float64's.
-_EXACT_FLOAT32_COUNTS = 1 << 24
 _TINY = math.ulp(0.0)
 
 # A part of one tensor: (base entries, [each model's entries]), 1-D, stored dtype, on the device.
@@ -67,68 +66,22 @@ class _Bracket:
 class _Buffers:
     """The work matrices of one pass over a tensor, allocated once and sliced per chunk."""
 
-    def __init__(self, n: int, chunk: int, device):
+    def __init__(self, n: int, chunk: int, device, kernels):
         import torch
 
-        counts = torch.float32 if chunk <= _EXACT_FLOAT32_COUNTS else torch.float64
+        counts = kernels.scratch_dtype(chunk)
         self.delta = torch.empty(n, chunk, dtype=torch.float64, device=device)
         self.work = torch.empty(n, chunk, dtype=torch.float64, device=device)
         self.base = torch.empty(chunk, dtype=torch.float64, device=device)
-        self.counts = torch.empty(n, chunk, dtype=counts, device=device)
+        self.counts = None if counts is None else torch.empty(n, chunk, dtype=counts, device=device)
         self.flag = torch.empty(n, chunk, dtype=torch.bool, device=device)
         self.band = torch.empty(n, chunk, dtype=torch.bool, device=device)
 
-
-def _split_band(ws, lo, hi, flag, band):
-    """For |δ| `ws` (N × m) and per-model brackets (N × 1): each model's count above its
-    bracket, the values inside it (row-major, so grouped by model) and each model's count of
-    those. `flag` and `band` are boolean scratch of ws's shape."""
-    import torch
-
-    torch.gt(ws, hi, out=flag)
-    above = flag.sum(dim=1)
-    torch.ge(ws, lo, out=band)
-    torch.le(ws, hi, out=flag)
-    band &= flag
-    return above, ws[band], band.sum(dim=1)
-
-
-def _split_band_numpy(ws, lo, hi, flag, band):
-    """`_split_band` on CPU tensors through numpy views of the same memory: numpy's
-    comparisons and compress take a third to a quarter of torch's time on these chunks
-    (measured 0.46 vs 1.2 ms for a chunk of 12 × 21845), the biggest single cost of the pass."""
-    import numpy as np
-    import torch
-
-    w, f, b = ws.numpy(), flag.numpy(), band.numpy()
-    np.greater(w, hi.numpy(), out=f)
-    above = np.count_nonzero(f, axis=1)
-    np.greater_equal(w, lo.numpy(), out=b)
-    np.less_equal(w, hi.numpy(), out=f)
-    np.logical_and(b, f, out=b)
-    values = np.compress(b.reshape(-1), w.reshape(-1))
-    return torch.from_numpy(above), torch.from_numpy(values), torch.from_numpy(np.count_nonzero(b, axis=1))
-
-
-def _mask(ws, thr, out) -> None:
-    """out = 1 where |δ| reaches the model's threshold (N × 1), else 0."""
-    import torch
-
-    torch.ge(ws, thr, out=out)
-
-
-def _mask_numpy(ws, thr, out) -> None:
-    import numpy as np
-
-    np.greater_equal(ws.numpy(), thr.numpy(), out=out.numpy(), casting="unsafe")
-
-
-def _count_products(rows):
-    """rows rowsᵀ in float64 for rows of −1/0/1 values held in float32 (exact: see
-    `_EXACT_FLOAT32_COUNTS`) or float64."""
-    import torch
-
-    return (rows @ rows.T).to(torch.float64)
+    def at(self, m: int):
+        """The first m columns of every buffer: (deltas, scratch, base, counting scratch,
+        flag, band)."""
+        counts = None if self.counts is None else self.counts[:, :m]
+        return self.delta[:, :m], self.work[:, :m], self.base[:m], counts, self.flag[:, :m], self.band[:, :m]
 
 
 class _BandValues:
@@ -264,14 +217,14 @@ class AllPairsStats:
 
         n, c = self.n_models, self.chunk_for(numel)
         f64 = torch.float64
-        buf = _Buffers(n, c, self.device)
+        kernels = counts_for(torch.device(self.device))
+        buf = _Buffers(n, c, self.device, kernels)
         out = _PassResult()
         out.gram = torch.zeros(n, n, dtype=f64, device=self.device) if stats else None
         if thresholds is not None:
             out.inter = torch.zeros(n, n, dtype=f64, device=self.device)
             # |δ| ≥ max(t, smallest double) is "|δ| ≥ t and δ ≠ 0" in one comparison.
             thr = thresholds.to(device=self.device, dtype=f64).clamp(min=_TINY).reshape(n, 1)
-        split, form_mask = (_split_band_numpy, _mask_numpy) if buf.delta.device.type == "cpu" else (_split_band, _mask)
         samples = []
         above = torch.zeros(n, dtype=torch.int64, device=self.device)
         if brackets is not None:
@@ -282,14 +235,17 @@ class AllPairsStats:
             stop = min(start + c, numel)
             m = stop - start
             base, models = read(start, stop)
-            ds, ws, b = buf.delta[:, :m], buf.work[:, :m], buf.base[:m]
+            ds, ws, b, counts, flag, band = buf.at(m)
             for row, model in enumerate(models):
                 ds[row].copy_(model)
             b.copy_(base)
             ds -= b
             del base, models
             if stats:
-                self._add_chunk_stats(ds, b, ws, buf.counts[:, :m], out.gram)
+                self._add_chunk_stats(ds, b, out.gram)
+                same, both = kernels.signs(ds, ws, counts, (flag, band))
+                self.same_sign += same
+                self.both_changed += both
             if sample_idx is not None:
                 lo_pos, hi_pos = (int(v) for v in torch.searchsorted(sample_idx, torch.tensor([start, stop])))
                 if hi_pos > lo_pos:
@@ -298,22 +254,20 @@ class AllPairsStats:
                 continue
             torch.abs(ds, out=ws)
             if brackets is not None:
-                counted, values, counts = split(ws, lo, hi, buf.flag[:, :m], buf.band[:, :m])
+                counted, values, per_row = kernels.split_band(ws, lo, hi, flag, band)
                 above += counted
-                inside.add(values, counts)
+                inside.add(values, per_row)
             if thresholds is not None:
-                mask = buf.counts[:, :m]
-                form_mask(ws, thr, mask)
-                out.inter += _count_products(mask)
+                out.inter += kernels.mask_products(ws, thr, counts, flag)
         out.sample = torch.cat(samples, dim=1) if samples else None
         if brackets is not None:
             out.above = [int(v) for v in above.tolist()]
             out.inside = inside
         return out
 
-    def _add_chunk_stats(self, ds, b, ws, counts, gram) -> None:
-        """The chunk's sums, from its deltas `ds` (N × m) and the base's entries `b` (m);
-        `ws` and `counts` are scratch of the same shape."""
+    def _add_chunk_stats(self, ds, b, gram) -> None:
+        """The chunk's sums of products, from its deltas `ds` (N × m) and the base's entries
+        `b` (m); the sign counts come from the counting kernels."""
         import torch
 
         m = ds.shape[1]
@@ -335,13 +289,6 @@ class AllPairsStats:
         self.comoment += co + torch.outer(shift, shift) * (self.count * m / total)
         self.mean += shift * (m / total)
         self.count = total
-        torch.sign(ds, out=ws)
-        counts.copy_(ws)
-        same_minus_opposite = _count_products(counts)
-        counts.abs_()
-        both = _count_products(counts)
-        self.same_sign += (same_minus_opposite + both) / 2
-        self.both_changed += both
 
     # -- top-k thresholds ----------------------------------------------------------------------
     def _sample_indices(self, numel: int):
