@@ -110,10 +110,12 @@ class Service:
             return propose(self.live, task, contexts, pairs, seed, inputs, self._known_tasks)
         if trial_budget is None:
             trial_budget = settings.get("budget")
+        from bandit.service.context import probe_cache_root
         from bandit.service.trials import trial_actions
 
+        cache_dir = str(probe_cache_root(self.store)) if trial_cache_dir is None else trial_cache_dir
         report = trial_actions(self.store, self.live, task, pairs, contexts, inputs, device=device,
-                               budget=trial_budget, keep=keep_merge, cache_dir=trial_cache_dir)
+                               budget=trial_budget, keep=keep_merge, cache_dir=cache_dir)
         proposal = propose(self.live, task, contexts, pairs, seed, inputs, self._known_tasks, report.features)
         proposal.trial = report.to_dict()
         chosen = (pairs.index((proposal.model_a, proposal.model_b)), proposal.arm)
@@ -326,8 +328,9 @@ class Service:
 
         `trial_merges`: every row also gets every arm's trial-merge signals as `a:<arm>:<feature>`
         columns (each expert scored on its own probes, else the pair's task's; cached per action
-        in `trial_cache_dir` like `propose --trial-merges`); `on_trial(a, b, arm, cached)` is
-        called per action. The counts are under "trials"."""
+        in `trial_cache_dir`, default the database's probe-output cache, like `propose
+        --trial-merges`); `on_trial(a, b, arm, cached)` is called per action. The counts are
+        under "trials"."""
         from bandit.offline.build import MERGE_SEED, build_table
         from bandit.offline.outcomes import read_outcomes, summarize_table
         from bandit.service.catalog import model_row
@@ -354,10 +357,12 @@ class Service:
         task_of = task_of or (lambda a, b: task or "default")
         trials = None
         if trial_merges and base is not None and arms:
+            from bandit.service.context import probe_cache_root
             from bandit.service.trials import CatalogTrials
 
+            cache_dir = str(probe_cache_root(self.store)) if trial_cache_dir is None else trial_cache_dir
             trials = CatalogTrials(self.store, base["path"], paths, arms, task_of, device=device,
-                                   cache_dir=trial_cache_dir, seed=MERGE_SEED, on_action=on_trial)
+                                   cache_dir=cache_dir, seed=MERGE_SEED, on_action=on_trial)
             trials.check_probes([(a, b) for a in models for b in models if a != b])
         built = build_table(paths, base["path"] if base else "", arms, evaluator,
                             cache_path or f"{out}.cache.json", features_of,

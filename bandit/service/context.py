@@ -95,7 +95,7 @@ def catalog_features(
     read and one forward pass per model, not per pair) and cached. The per-model probe outputs
     are kept in `cache/` next to the database."""
     from features import FEATURE_SET, FEATURE_VERSION, compute_all_pairs, probe_hash
-    from features.probe_outputs import ProbeOutputCache, default_cache_root
+    from features.probe_outputs import ProbeOutputCache
     from merging.checkpoint import Checkpoint
 
     if len(set(names)) != len(names):
@@ -123,7 +123,7 @@ def catalog_features(
                      key=names.index)
     if not missing:
         return out
-    cache = ProbeOutputCache(default_cache_root(None if store.path == ":memory:" else store.path))
+    cache = ProbeOutputCache(probe_cache_root(store))
     computed = compute_all_pairs(base["path"], {m: rows[m]["path"] for m in missing}, probes,
                                  structural_only=structural_only, device=device, progress=progress,
                                  memory_budget=memory_budget, cache=cache, fingerprints=known)
@@ -152,3 +152,12 @@ def catalogs(store, models: list[str] | None) -> list[list[str]]:
         raise InvalidInput("no base has two registered fine-tunes: register them with "
                            "`bandit models add NAME PATH --base BASE`")
     return found
+
+
+def probe_cache_root(store):
+    """The database's probe-output cache: `cache/` next to it (for an in-memory database, the
+    one under simmerge's home). The functional features' outputs and the trial merges'
+    references and per-action signals all live there."""
+    from features.probe_outputs import default_cache_root
+
+    return default_cache_root(None if store.path == ":memory:" else store.path)
