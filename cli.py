@@ -715,9 +715,9 @@ def fit_cmd(table_path, strength, zoo_table, replace, clear, db_path, as_json):
         emit_json(record)
         return
     click.echo(render.fitted_prior(record))
-    if record["policy"] and record["policy"]["name"] in ("pooled", "hybrid", "vw"):
+    if record["policy"] and record["policy"]["name"] in ("hybrid", "vw"):
         click.echo(f"note: the live policy {record['policy']['name']} learns from the log and does not use the prior; "
-                   "linucb, lints and egreedy do", err=True)
+                   "pooled, linucb, lints and egreedy do", err=True)
 
 
 @main.group()

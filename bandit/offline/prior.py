@@ -132,14 +132,20 @@ def apply_prior(policy, prior: Prior, arms: Iterable[str]) -> list[str]:
     """Give the prior to `arms` of a fresh policy; returns the arms it reached (arms the
     table has no column for start as they would without a prior).
 
-    Ridge arms get the exact pseudo-counts on their bias coordinate; other policies learn
-    round(strength) pseudo-rewards per arm at the empty context through `learn_one`."""
+    Ridge arms get the exact pseudo-counts on their bias coordinate; a policy with its own
+    intercept prior (pooled, whose intercepts are relative to the live mean) gets the offsets
+    there, added to the arms it had; other policies learn round(strength) pseudo-rewards per
+    arm at the empty context through `learn_one`."""
     from bandit.policies.linucb import RidgeArms
 
     reached = [a for a in arms if a in prior.offsets]
     if prior.strength <= 0:
         return []
-    if isinstance(policy, RidgeArms):
+    if hasattr(policy, "set_intercept_prior"):
+        offsets = {a: off for a, (off, _) in policy.intercept_prior.items()}
+        offsets.update({a: prior.offsets[a] for a in reached})
+        policy.set_intercept_prior(offsets, prior.strength)
+    elif isinstance(policy, RidgeArms):
         for arm in reached:
             post = policy.posteriors[arm]
             dA, db = ridge_prior_terms(prior, arm)

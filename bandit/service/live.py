@@ -91,7 +91,23 @@ class LivePolicy:
             self._sync_ridge(self.policy)
         else:
             self._sync_from_log(self.policy, settings)
+            if hasattr(self.policy, "set_intercept_prior"):
+                self._sync_outcome_prior(self.policy)
         return self.policy
+
+    def _sync_outcome_prior(self, policy) -> None:
+        """A policy with its own intercept prior (pooled) takes `bandit fit`'s prior from the
+        setting at decision time — not from its learned sums, so snapshots and rebuild stay a
+        function of the log, and `fit --clear` takes it back at once."""
+        from bandit.service.prior import SETTING
+
+        loaded = self.store.get_setting(SETTING)
+        prior = loaded["prior"] if loaded else None
+        key = None if prior is None else (prior["digest"], prior["strength"])
+        if key == getattr(policy, "_outcome_prior_key", None):
+            return
+        policy.set_intercept_prior(prior["offsets"] if prior else {}, prior["strength"] if prior else 0.0)
+        policy._outcome_prior_key = key
 
     def forget(self) -> None:
         """Posteriors were rewritten (rebuild): reload every arm on the next use."""
