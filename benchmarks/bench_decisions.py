@@ -110,13 +110,16 @@ def main() -> None:
     ap.add_argument("--table", help="outcome table (CSV/JSONL) with r: and f: columns (a: optional)")
     ap.add_argument("--zoo", help="zoo folder whose per-action trial features fill the a: columns")
     ap.add_argument("--synthetic", action="store_true", help="the synthetic generator's table instead")
+    ap.add_argument("--synthetic-seed", type=int, default=0, help="which synthetic table (its generator seed)")
+    ap.add_argument("--signal-noise", type=float, default=0.05, help="sd of the synthetic trial signal's noise")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--recurrence", type=int, default=10)
     ap.add_argument("--policies", default="pooled+trial,pooled,signal,linucb")
     args = ap.parse_args()
     if args.synthetic:
-        arms, contexts, features, R = synthetic_table()
-        label = "synthetic (90 rows, signal = noiseless reward + N(0, 0.05²))"
+        arms, contexts, features, R = synthetic_table(args.synthetic_seed, signal_noise=args.signal_noise)
+        label = (f"synthetic seed {args.synthetic_seed} (90 rows, signal = noiseless reward "
+                 f"+ N(0, {args.signal_noise:g}²))")
     elif args.table:
         arms, contexts, features, R = load_table(args.table, args.zoo)
         label = args.table
