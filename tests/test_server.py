@@ -188,7 +188,7 @@ def test_health(client):
     _propose(client)
     h = client.get("/v1/health").json()
     assert h["status"] == "ok" and h["events"] == 1 and h["rewards"] == 0 and h["pending_rewards"] == 1
-    assert h["schema_version"] == 3 and h["reward_window"] is None
+    assert h["schema_version"] == 4 and h["reward_window"] is None
 
 
 # -- reward join window ---------------------------------------------------------------------
