@@ -254,7 +254,12 @@ def test_token_required_and_constant_time(db):
             assert r.status_code == 401 and r.json() == {"error": "missing or wrong bearer token"}
             assert client.get("/", headers=headers).status_code == 401
         assert _counts(db) == (0, 0)
-        assert client.get("/v1/health").status_code == 200  # liveness stays open
+        # liveness stays open, but says nothing about the data without the token
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token}):
+            r = client.get("/v1/health", headers=headers)
+            assert r.status_code == 200 and r.json() == {"status": "ok"}
+        full = client.get("/v1/health", headers={"Authorization": f"Bearer {token}"}).json()
+        assert full["status"] == "ok" and full["events"] == 0 and full["schema_version"] == 4 and "version" in full
         ok = client.post("/v1/propose", json={"task": "t", "context": {"a": 1}},
                          headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and _counts(db) == (1, 0)

@@ -195,6 +195,11 @@ class Job(BaseModel):
     finished_at: float | None = None
 
 
+class Liveness(Strict):
+    """What /v1/health says without the token when one is configured: the process answers."""
+    status: Literal["ok"]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
