@@ -313,7 +313,9 @@ class Store:
         )
 
     def events(self, *, rewarded_only: bool = False, task: str | None = None) -> Iterator[dict]:
-        """Events in id order, each with its reward (or None)."""
+        """Events in id order, each with its reward (or None), where that came from
+        (`reward_source`: client or default, None without a reward) and when its reward
+        window closed with no reward (`expired_at`, None unless expired)."""
         where, params = [], []
         if rewarded_only:
             where.append("r.value IS NOT NULL")
@@ -321,8 +323,8 @@ class Store:
             where.append("e.task = ?")
             params.append(task)
         sql = (
-            "SELECT e.*, r.value AS reward, r.created_at AS rewarded_at FROM events e "
-            "LEFT JOIN rewards r ON r.event_id = e.id"
+            "SELECT e.*, r.value AS reward, r.created_at AS rewarded_at, r.source AS reward_source, x.expired_at "
+            "FROM events e LEFT JOIN rewards r ON r.event_id = e.id LEFT JOIN expired_events x ON x.event_id = e.id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY e.id"
         )

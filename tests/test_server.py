@@ -216,6 +216,9 @@ def test_window_default_reward_is_a_real_reward_that_rebuild_replays(db):
         assert client.get("/v1/rebuild").json() == {"arms": 8, "rewards": 2, "max_abs_diff": 0.0, "mismatched": [],
                                                     "written": False, "clean": True}
         assert client.get("/v1/health").json()["pending_rewards"] == 0
+        exported = {r["event_id"]: r for r in map(json.loads, client.get("/v1/events").text.splitlines())}
+        assert exported[old["event_id"]]["reward_source"] == "default"
+        assert exported[fresh["event_id"]]["reward_source"] == "client"
     with Store(db) as st:
         assert st.posterior("ridge", old["arm"])["n"] >= 1
         assert st.reward_row(fresh["event_id"])["source"] == "client"
@@ -229,7 +232,10 @@ def test_window_expiry_closes_the_event_and_teaches_nothing(db):
         assert _close_window(client, 61) == {"defaulted": [], "expired": [p["event_id"]]}
         r = client.post(f"/v1/events/{p['event_id']}/reward", json={"value": 0.5})
         assert r.status_code == 409 and "expired" in r.json()["error"]
-        assert client.get(f"/v1/events/{p['event_id']}").json()["expired_at"] is not None
+        expired_at = client.get(f"/v1/events/{p['event_id']}").json()["expired_at"]
+        assert expired_at is not None
+        (line,) = client.get("/v1/events").text.splitlines()
+        assert json.loads(line)["expired_at"] == expired_at and json.loads(line)["reward"] is None
     with Store(db) as st:
         assert st.count_rewards() == 0 and st.posterior("ridge", p["arm"]) == before
 
