@@ -169,7 +169,11 @@ def test_tasks_and_models(client, db, tmp_path):
     assert r.status_code == 201
     with Store(db) as st:
         assert st.model("ft")["fingerprint"] == r.json()["fingerprint"]
-    assert [m["name"] for m in client.get("/v1/models").json()] == ["base", "ft"]
+    # the facade's payload as is: a model registered without probes has no "probes" key
+    assert set(r.json()) == {"name", "path", "base", "fingerprint", "model_type", "architectures", "tensors", "bytes"}
+    listed = client.get("/v1/models").json()
+    assert [m["name"] for m in listed] == ["base", "ft"] and set(listed[0]) == {"name", "path", "base", "fingerprint",
+                                                                               "created_at"}
     assert client.post("/v1/models", json={"name": "x", "path": str(tmp_path / "none")}).status_code == 422
     assert client.post("/v1/models", json={"name": "y", "path": str(ft), "base": "ghost"}).status_code in (404, 422)
 
@@ -327,3 +331,25 @@ def test_the_running_server_sweeps_the_window_itself(db):
         assert ev["reward"] == 0.25 and ev["reward_source"] == "default"
         assert client.get("/v1/health").json()["reward_window"] == {"seconds": 0.3, "default_reward": 0.25,
                                                                      "on_timeout": "default_reward"}
+
+
+def test_response_models_are_the_facade_records():
+    """The OpenAPI document's response shapes are made from bandit/service/records.py: a
+    field added to a record is documented at once."""
+    import dataclasses
+
+    from bandit.server import schemas
+    from bandit.service import records
+
+    pairs = {schemas.Proposal: records.Proposal, schemas.Arm: records.Arm, schemas.PolicyView: records.PolicyInfo,
+             schemas.ArmStats: records.ArmStats, schemas.ModelAdded: records.Model,
+             schemas.ModelRow: records.ModelRow, schemas.TaskRow: records.TaskRow,
+             schemas.TaskAdded: records.Task, schemas.Rebuild: records.RebuildReport}
+    for model, record in pairs.items():
+        names = [f.name for f in dataclasses.fields(record)]
+        assert list(model.model_fields)[:len(names)] == names
+        for f in dataclasses.fields(record):
+            field = model.model_fields[f.name]
+            assert field.is_required() == (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    assert list(schemas.Rebuild.model_fields) == [*(f.name for f in dataclasses.fields(records.RebuildReport)), "clean"]
+    assert schemas.Proposal.model_fields["pmf"].annotation == list[schemas.PmfEntry]
