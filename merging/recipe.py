@@ -29,14 +29,14 @@ from merging.errors import MergeError
 from merging.registry import get_operator
 from merging.settings import check_setting, evaluate, is_varying, leaf_values
 from merging.spec import OperatorSpec
+from merging.vocabulary import TokenizerSettings
 
 MERGE_LAYOUT_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-                     "tokenizer_source", "chat_template", "name", "seed"}
+                     "tokenizer_source", "tokenizer", "chat_template", "name", "seed"}
 OWN_LAYOUT_KEYS = {"operator", "params", "base", "models", "slices", "dtype", "out_dtype", "seed",
-                   "tokenizer_source", "chat_template", "name"}
+                   "tokenizer_source", "tokenizer", "chat_template", "name"}
 # mergekit keys that are understood but not implemented here: refused by name.
-UNSUPPORTED_KEYS = {"modules": "'modules' (multi-module models) is not supported; use models or slices",
-                    "tokenizer": "'tokenizer' (token-level embedding config) is not supported; use tokenizer_source"}
+UNSUPPORTED_KEYS = {"modules": "'modules' (multi-module models) is not supported; use models or slices"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class RecipeSlice:
     sources: tuple[SliceSource, ...]
     base: str | None = None
     params: dict = field(default_factory=dict)
+    # mergekit 0.1.5 reads residual_weight and never uses it: kept so the recipe round-trips.
+    residual_weight: float | None = None
 
     @property
     def length(self) -> int:
@@ -160,6 +162,7 @@ class Recipe:
     tokenizer_source: str | None = None
     chat_template: str | None = None
     name: str | None = None
+    tokenizer: TokenizerSettings | None = None
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -239,6 +242,8 @@ class Recipe:
         _check_settings(spec, self.params, "parameters", per_model_allowed=True)
         if self.tokenizer_source is not None and not isinstance(self.tokenizer_source, str):
             raise MergeError("recipe: tokenizer_source must be union, base or a model path")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise MergeError("recipe: give tokenizer_source or tokenizer, not both")
         if self.chat_template is not None and not isinstance(self.chat_template, str):
             raise MergeError("recipe: chat_template must be a string")
         if self.slices:
@@ -303,6 +308,25 @@ class Recipe:
         self.resolve()
         return self
 
+    @property
+    def tokenizer_settings(self) -> TokenizerSettings | None:
+        """The output tokenizer's settings: the tokenizer section, or tokenizer_source alone."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_source is not None:
+            return TokenizerSettings(source=self.tokenizer_source)
+        return None
+
+    def referenced_models(self) -> list[str]:
+        """Every input model path, the base first, each once (by real path)."""
+        paths = ([self.base] if self.base is not None else []) + [m.path for m in self.models]
+        for s in self.slices:
+            paths += [src.path for src in s.sources] + ([s.base] if s.base is not None else [])
+        seen: dict[str, str] = {}
+        for p in paths:
+            seen.setdefault(os.path.realpath(p), p)
+        return list(seen.values())
+
     # -- own layout -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         out: dict[str, Any] = {
@@ -319,6 +343,8 @@ class Recipe:
         for key in ("tokenizer_source", "chat_template", "name"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_layout()
         return out
 
     @classmethod
@@ -347,7 +373,7 @@ class Recipe:
                    dtype=data.get("dtype"), out_dtype=data.get("out_dtype"),
                    seed=_seed(data.get("seed")), slices=slices,
                    tokenizer_source=data.get("tokenizer_source"), chat_template=data.get("chat_template"),
-                   name=data.get("name"))
+                   name=data.get("name"), tokenizer=_tokenizer_from(data))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -372,6 +398,8 @@ class Recipe:
         for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template", "name"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_layout()
         try:
             randomized = get_operator(self.operator).randomized
         except MergeError:
@@ -409,7 +437,7 @@ class Recipe:
                    base=_path_or_none(data.get("base_model"), "base_model"),
                    dtype=data.get("dtype"), out_dtype=data.get("out_dtype"), seed=_seed(data.get("seed")),
                    slices=slices, tokenizer_source=data.get("tokenizer_source"),
-                   chat_template=data.get("chat_template"), name=data.get("name"))
+                   chat_template=data.get("chat_template"), name=data.get("name"), tokenizer=_tokenizer_from(data))
 
     @classmethod
     def from_yaml(cls, text: str) -> "Recipe":
@@ -480,6 +508,8 @@ def _slice_to_dict(s: RecipeSlice, path_key: str) -> dict:
         out["base" if own else "base_model"] = s.base
     if s.params:
         out["params" if own else "parameters"] = dict(s.params)
+    if s.residual_weight is not None:
+        out["residual_weight"] = s.residual_weight
     return out
 
 
@@ -487,9 +517,10 @@ def _slice_from(data: Any, i: int, path_key: str, base_key: str, params_key: str
     where = f"slices[{i}]"
     if not isinstance(data, Mapping):
         raise MergeError(f"recipe: {where} must be a mapping with sources")
-    if "residual_weight" in data:
-        raise MergeError(f"recipe: {where}: 'residual_weight' is not supported")
-    _refuse_unknown(data, {"sources", base_key, params_key}, f"recipe: {where}")
+    _refuse_unknown(data, {"sources", base_key, params_key, "residual_weight"}, f"recipe: {where}")
+    residual = data.get("residual_weight")
+    if residual is not None and (isinstance(residual, bool) or not isinstance(residual, (int, float))):
+        raise MergeError(f"recipe: {where}.residual_weight must be a number, got {residual!r}")
     sources = []
     for j, src in enumerate(_list(data.get("sources"), f"{where}.sources")):
         w = f"{where}.sources[{j}]"
@@ -502,7 +533,13 @@ def _slice_from(data: Any, i: int, path_key: str, base_key: str, params_key: str
             raise MergeError(f"recipe: {w}: layer_range must be two non-negative whole numbers [start, stop)")
         sources.append(SliceSource(src[path_key], (int(rng[0]), int(rng[1])), _mapping(src.get(params_key), f"{w}.{params_key}")))
     return RecipeSlice(tuple(sources), _path_or_none(data.get(base_key), f"{where}.{base_key}"),
-                       _mapping(data.get(params_key), f"{where}.{params_key}"))
+                       _mapping(data.get(params_key), f"{where}.{params_key}"),
+                       float(residual) if residual is not None else None)
+
+
+def _tokenizer_from(data: Mapping[str, Any]) -> TokenizerSettings | None:
+    value = data.get("tokenizer")
+    return None if value is None else TokenizerSettings.from_layout(value)
 
 
 def _refuse_unknown(data: Mapping, allowed: set, where: str) -> None:
