@@ -190,6 +190,30 @@ def recipes(m: dict[str, Path]) -> dict[str, str]:
         # examples/arcee_fusion.yml
         "example arcee_fusion": f"models: [{{model: {a1}}}, {{model: {a2}}}]\nmerge_method: arcee_fusion\n"
                                 f"base_model: {a1}\ndtype: float32\n",
+        # modules: the one module 'default', its parameters between the models' and the recipe's
+        "modules default (parameter precedence)": f"""
+            merge_method: task_arithmetic
+            base_model: {b}
+            modules:
+              default:
+                models:
+                  - {{model: {a1}, parameters: {{weight: 0.7}}}}
+                  - {{model: {a2}}}
+                parameters:
+                  weight: [{{filter: mlp, value: 0.2}}]
+            parameters: {{weight: 0.9, lambda: 0.8}}
+            dtype: float32
+            """,
+        # residual_weight is read by mergekit 0.1.5 and used nowhere: the same model either way
+        "slices residual_weight": f"""
+            slices:
+              - sources: [{{model: {a1}, layer_range: [0, 4]}}, {{model: {a2}, layer_range: [0, 4]}}]
+                residual_weight: 0.5
+            merge_method: slerp
+            base_model: {a1}
+            parameters: {{t: 0.3}}
+            dtype: float32
+            """,
         "task_arithmetic": gta("task_arithmetic", "parameters: {lambda: 0.9}\n"),
         "ties": gta("ties"),
         "ties normalize false, rescale": gta("ties", "parameters: {normalize: false, rescale: true}\n"),
