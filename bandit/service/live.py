@@ -129,7 +129,9 @@ class LivePolicy:
         key = None if prior is None else (prior["digest"], prior["strength"])
         if key == getattr(policy, "_outcome_prior_key", None):
             return
-        policy.set_intercept_prior(prior["offsets"] if prior else {}, prior["strength"] if prior else 0.0)
+        from bandit.offline.prior import below_best
+
+        policy.set_intercept_prior(below_best(prior["offsets"]) if prior else {}, prior["strength"] if prior else 0.0)
         policy._outcome_prior_key = key
 
     def forget(self) -> None:
