@@ -417,7 +417,8 @@ class Store:
     def put_stats_summary(self, events_upto: int, rewards_upto: int, summary: str, wait_ms: int = 100) -> bool:
         """Store a summary unless the stored one covers more of the log. A cache write on a
         read path: it waits at most `wait_ms` for the write lock and gives up (False) rather
-        than hold up a reader behind a long write, or fail on a read-only database."""
+        than hold up a reader behind a long write, or fail a read on a read-only database or
+        a full disk."""
         self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
         try:
             self.conn.execute(
@@ -431,7 +432,7 @@ class Store:
             return True
         except StoreError as e:
             text = getattr(e, "sqlite_message", "")
-            if "locked" in text or "busy" in text or "readonly" in text or "read-only" in text:
+            if any(word in text for word in ("locked", "busy", "readonly", "read-only", "full")):
                 return False
             raise
         finally:

@@ -146,3 +146,23 @@ def test_exact_sums_are_exact():
     assert Fraction(total, 1 << 1074) == sum(map(Fraction, values))
     assert exact_mean(total, len(values)) == float(sum(map(Fraction, values)) / len(values))
     assert exact_mean(exact(0.1) * 3, 3) == 0.1
+
+
+def test_stats_of_a_database_that_cannot_be_written(tmp_path):
+    """`bandit stats` reads: on a read-only database or a full disk it still answers,
+    exactly, and only the summary is not stored."""
+    svc = Service(str(tmp_path / "r.db"))
+    for i in range(5):
+        svc.reward(svc.propose("t", {"a": 0.3 * i}, seed=i).event_id, 0.1 * i)
+    svc.store.conn.execute("PRAGMA query_only = ON")
+    assert svc.stats() == from_scratch(svc.store)
+    assert svc.store.stats_summary() is None
+
+    full = Service(str(tmp_path / "f.db"))
+    wide = {f"feature_{i}_" + "x" * 150: 0.5 + i for i in range(40)}  # a summary of several pages
+    for i in range(3):
+        full.reward(full.propose("t", wide, seed=i).event_id, 0.2)
+    pages = full.store.conn.execute("PRAGMA page_count").fetchone()["page_count"]
+    full.store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    assert full.stats() == from_scratch(full.store)
+    assert full.store.stats_summary() is None

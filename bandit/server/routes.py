@@ -237,4 +237,4 @@ async def dashboard_data(request: Request):
     from bandit.server.dashboard import collect
 
     rt = _rt(request)
-    return await rt.reader.call(collect, rt.curves)
+    return await rt.reader.call(collect, rt.curves, rt.shares)
