@@ -198,3 +198,43 @@ def test_an_intercept_prior_is_a_shifted_ridge_prior_on_each_arm_intercept():
     assert pol.coefficients()["intercepts"] == before["intercepts"]
     with pytest.raises(Exception, match="finite"):
         pol.set_intercept_prior({"a": float("nan")}, 1.0)
+
+
+def test_a_prior_the_live_rewards_contradict_fades_and_one_they_confirm_keeps_its_strength():
+    """prior_strength() = min(m, σ²/τ̂²) once ≥ 3 of the prior's arms have rewards, τ̂² from the
+    spread of (live arm mean − prior offset) less σ²/n_k — checked against numpy, both ways."""
+    from bandit.policies.pooled import PooledRidge
+
+    rng = np.random.default_rng(4)
+    offsets = {"a": 0.0, "b": -0.1, "c": -0.2, "d": -0.3}
+    truth_agree = {"a": 0.6, "b": 0.5, "c": 0.4, "d": 0.3}
+    truth_clash = {"a": 0.3, "b": 0.6, "c": 0.5, "d": 0.6}
+
+    def fed(truth, n=12):
+        pol = PooledRidge()
+        for a in offsets:
+            pol.add_arm(ArmSpec(a, "linear"))
+        pol.set_intercept_prior(offsets, 2.0)
+        rewards = {a: truth[a] + 0.02 * rng.standard_normal(n) for a in offsets}
+        for i in range(n):
+            for a in offsets:
+                pol.learn_one(a, {"s": float(i % 3)}, float(rewards[a][i]))
+        return pol, rewards
+
+    for truth, fades in ((truth_agree, False), (truth_clash, True)):
+        pol, rewards = fed(truth)
+        means = {a: r.mean() for a, r in rewards.items()}
+        sigma2 = sum(((r - r.mean()) ** 2).sum() for r in rewards.values()) / (4 * 12 - 4)
+        d = np.array([means[a] - offsets[a] for a in offsets])
+        tau2 = d.var(ddof=1) - sigma2 / 12
+        expected = 2.0 if tau2 <= 0 else min(2.0, sigma2 / tau2)
+        assert pol.prior_strength() == pytest.approx(expected, rel=1e-9)
+        assert (pol.prior_strength() < 0.1) == fades
+    # two arms with rewards are too few to judge: the table's strength stands
+    pol = PooledRidge()
+    for a in offsets:
+        pol.add_arm(ArmSpec(a, "linear"))
+    pol.set_intercept_prior(offsets, 2.0)
+    pol.learn_one("a", {}, 0.1)
+    pol.learn_one("b", {}, 0.9)
+    assert pol.prior_strength() == 2.0

@@ -151,6 +151,35 @@ class PooledRidge(Policy):
                                 if strength > 0 else {})
         self._solved = None
 
+    def prior_strength(self) -> float:
+        """What the intercept prior is worth now: the table's strength m, lowered when the
+        live rewards disagree with it. The table chose m = σ²/τ² by empirical Bayes over its
+        own tasks (τ²: how much an arm's offset moves between tasks); the live database is one
+        more task, so once ≥ 3 of the prior's arms have rewards, τ² is estimated again from
+        how far their live means sit from the prior's offsets (up to a common shift, since
+        the offsets are relative), less what sampling noise explains, and m becomes
+        min(m, σ²/τ̂²). A prior from another regime thus fades as the evidence against it
+        grows, instead of costing a few pulls per arm for ever."""
+        if not self.intercept_prior:
+            return 0.0
+        m = next(iter(self.intercept_prior.values()))[1]
+        n_k = {a: self.S[a][0, 0] for a in self.intercept_prior if a in self.S and self.S[a][0, 0] > 0}
+        if len(n_k) < 3:
+            return 0.0
+        n = sum(S[0, 0] for S in self.S.values())
+        pulled = [S[0, 0] for S in self.S.values() if S[0, 0] > 0]
+        # σ²: one reward around its arm's mean, from the raw sums (Σr² − Σ_k (Σ_k r)²/n_k)
+        within = self.reward_sq - sum(self.t[a][0] ** 2 / self.S[a][0, 0] for a in self.S if self.S[a][0, 0] > 0)
+        if n - len(pulled) < 1:
+            return m
+        sigma2 = max(within, 0.0) / (n - len(pulled))
+        d = np.array([self.t[a][0] / k - self.intercept_prior[a][0] for a, k in n_k.items()])
+        noise = float(np.mean([sigma2 / k for k in n_k.values()]))
+        tau2 = float(((d - d.mean()) ** 2).sum() / (len(d) - 1)) - noise
+        if tau2 <= 0:
+            return m
+        return min(m, sigma2 / tau2)
+
     # -- learning ----------------------------------------------------------------------------
     def learn_one(self, arm: str, context: Mapping[str, float], reward: float,
                   features: Mapping[str, float] | None = None) -> None:
@@ -209,6 +238,7 @@ class PooledRidge(Policy):
             beta0[self.action_names.index(self.anchor)] = self.anchor_prior
         G = np.eye(ng) * self.lam_action
         g = self.lam_action * beta0
+        strength = self.prior_strength()
         blocks, data = [], []
         for arm in arms:
             S = M @ self.S[arm] @ M.T
@@ -217,7 +247,7 @@ class PooledRidge(Policy):
             D = S[:per, :per] + np.diag(prior_arm)
             rhs = t[:per].copy()
             if arm in self.intercept_prior:
-                offset, strength = self.intercept_prior[arm]
+                offset, _ = self.intercept_prior[arm]
                 D[0, 0] += strength
                 rhs[0] += strength * offset
             C = S[:per, per:]
