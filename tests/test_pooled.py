@@ -170,6 +170,8 @@ def test_an_intercept_prior_is_a_shifted_ridge_prior_on_each_arm_intercept():
         pol.learn_one(arm, x, r, g)
     before = pol.coefficients()
     pol.set_intercept_prior(offsets, m)
+    assert pol.prior_strength() == 0.0  # two of its arms: it waits for a third (next test)
+    pol.prior_strength = lambda: m      # here: the solve at a given strength
     coef = pol.coefficients()
 
     X = np.array([[x["k"], x["m"]] for _, x, _, _ in rows])
@@ -194,6 +196,7 @@ def test_an_intercept_prior_is_a_shifted_ridge_prior_on_each_arm_intercept():
     assert coef["beta"]["trial_exact"] == pytest.approx(theta[-2], abs=1e-9)
     assert coef["intercepts"]["a"] < before["intercepts"]["a"] and coef["intercepts"]["b"] > before["intercepts"]["b"]
     # strength 0 takes it back out exactly
+    del pol.prior_strength
     pol.set_intercept_prior(offsets, 0.0)
     assert pol.coefficients()["intercepts"] == before["intercepts"]
     with pytest.raises(Exception, match="finite"):
@@ -201,7 +204,7 @@ def test_an_intercept_prior_is_a_shifted_ridge_prior_on_each_arm_intercept():
 
 
 def test_a_prior_the_live_rewards_contradict_fades_and_one_they_confirm_keeps_its_strength():
-    """prior_strength() = min(m, σ²/τ̂²) once ≥ 3 of the prior's arms have rewards, τ̂² from the
+    """prior_strength() = min(m, σ²/τ̂²) once ≥ 3 of the prior's arms have rewards (0 before), τ̂² from the
     spread of (live arm mean − prior offset) less σ²/n_k — checked against numpy, both ways."""
     from bandit.policies.pooled import PooledRidge
 
@@ -230,11 +233,11 @@ def test_a_prior_the_live_rewards_contradict_fades_and_one_they_confirm_keeps_it
         expected = 2.0 if tau2 <= 0 else min(2.0, sigma2 / tau2)
         assert pol.prior_strength() == pytest.approx(expected, rel=1e-9)
         assert (pol.prior_strength() < 0.1) == fades
-    # two arms with rewards are too few to judge: the table's strength stands
+    # two arms with rewards are too few to test the prior: it waits (strength 0)
     pol = PooledRidge()
     for a in offsets:
         pol.add_arm(ArmSpec(a, "linear"))
     pol.set_intercept_prior(offsets, 2.0)
     pol.learn_one("a", {}, 0.1)
     pol.learn_one("b", {}, 0.9)
-    assert pol.prior_strength() == 2.0
+    assert pol.prior_strength() == 0.0

@@ -155,9 +155,11 @@ class PooledRidge(Policy):
         """What the intercept prior is worth now: the table's strength m, lowered when the
         live rewards disagree with it. The table chose m = σ²/τ² by empirical Bayes over its
         own tasks (τ²: how much an arm's offset moves between tasks); the live database is one
-        more task, so once ≥ 3 of the prior's arms have rewards, τ² is estimated again from
-        how far their live means sit from the prior's offsets (up to a common shift, since
-        the offsets are relative), less what sampling noise explains, and m becomes
+        more task. The prior waits until ≥ 3 of its arms have rewards — until the live data
+        can test it: used from the first request, a table from another regime cost up to 0.1
+        of the gap in a single pass on the synthetic regimes — and then τ² is estimated again
+        from how far their live means sit from the prior's offsets (up to a common shift,
+        since the offsets are relative), less what sampling noise explains, and m becomes
         min(m, σ²/τ̂²). A prior from another regime thus fades as the evidence against it
         grows, instead of costing a few pulls per arm for ever."""
         if not self.intercept_prior:
