@@ -106,11 +106,19 @@ def kth_largest(flat, k: int):
     finds how many entries lie above the bracket and the few inside it are selected
     exactly. Should the bracket miss (it is ~8 standard deviations wide), the full
     kthvalue is used, so the result is always exact."""
+    return _select(flat, k)[0]
+
+
+def _select(flat, k: int):
+    """(k-th largest value, its bracket) where the bracket, when the sampled path found the
+    value, is (count of entries above it, ascending indices of the entries inside it);
+    None otherwise. top_k_mask reads the ties at the threshold from the bracket instead
+    of passing over the whole tensor again."""
     import torch
 
     n = flat.numel()
     if n <= _SELECT_DIRECT:
-        return flat.kthvalue(n - k + 1).values
+        return flat.kthvalue(n - k + 1).values, None
     m = _SELECT_SAMPLE
     g = torch.Generator(device=flat.device).manual_seed(0x5EED)
     sample = flat[torch.randint(n, (m,), generator=g, device=flat.device)]
@@ -125,10 +133,11 @@ def kth_largest(flat, k: int):
     above = int(torch.count_nonzero(flat > hi))
     need = k - above
     if need >= 1:
-        band = flat[(flat >= lo) & (flat <= hi)]
-        if need <= band.numel():
-            return band.kthvalue(band.numel() - need + 1).values
-    return flat.kthvalue(n - k + 1).values
+        inside = torch.nonzero((flat >= lo) & (flat <= hi)).squeeze(1)
+        if need <= inside.numel():
+            band = flat[inside]
+            return band.kthvalue(band.numel() - need + 1).values, (above, inside, band)
+    return flat.kthvalue(n - k + 1).values, None
 
 
 def top_k_mask(magnitude, k: int):
@@ -146,12 +155,20 @@ def top_k_mask(magnitude, k: int):
     if k >= n:
         return torch.ones_like(magnitude, dtype=torch.bool)
     flat = magnitude.reshape(-1)
-    threshold = kth_largest(flat, k)
+    threshold, bracket = _select(flat, k)
     mask = flat > threshold
-    missing = k - int(torch.count_nonzero(mask))
-    if missing > 0:
-        ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
-        mask[ties] = True
+    if bracket is None:
+        missing = k - int(torch.count_nonzero(mask))
+        if missing > 0:
+            ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+            mask[ties] = True
+    else:
+        # Every entry equal to the threshold lies inside the bracket: count and find the
+        # ties there, in index order, not over the whole tensor.
+        above, inside, band = bracket
+        missing = k - above - int(torch.count_nonzero(band > threshold))
+        if missing > 0:
+            mask[inside[band == threshold][:missing]] = True
     return mask.view(magnitude.shape)
 
 
