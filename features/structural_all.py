@@ -35,13 +35,17 @@ from features.errors import FeatureError
 from features.structural import (TOPK_FRACTION, TOPK_MARGIN, TOPK_SAMPLE, DeltaStats, _Dots, compared_tensors,
                                  block_of, group_of)
 
-# float64 entries in one work matrix (N rows × chunk): 2 MB, so that the four alive at once
+# Entries in one work matrix (N rows × chunk): 2 MB in float64, so that the buffers of a pass
 # stay in the CPU's cache while the ~20 operations of a chunk run over them.
 WORK_ENTRIES = 1 << 18
 GPU_WORK_ENTRIES = 1 << 24
 DEFAULT_MEMORY_BUDGET = 1 << 30
-# Work matrices alive at once during a pass (X, D, a sign/magnitude buffer, a mask).
-_WORK_MATRICES = 4
+# Bytes of work buffers per entry of a row (`_Buffers`: deltas and scratch in float64, counts in
+# float32, two boolean masks).
+WORK_BYTES_PER_ENTRY = 8 + 8 + 4 + 1 + 1
+# Sign and mask products are sums of −1/0/1 products: float32 holds every such sum exactly up
+# to 2²⁴ terms and its matrix products run about twice as fast as float64's.
+_EXACT_FLOAT32_COUNTS = 1 << 24
 _TINY = math.ulp(0.0)
 
 # A part of one tensor: (base entries, [each model's entries]), 1-D, stored dtype, on the device.
@@ -56,14 +60,75 @@ class _Bracket:
     widenings: int = 0
 
 
+class _Buffers:
+    """The work matrices of one pass over a tensor, allocated once and sliced per chunk."""
+
+    def __init__(self, n: int, chunk: int, device):
+        import torch
+
+        counts = torch.float32 if chunk <= _EXACT_FLOAT32_COUNTS else torch.float64
+        self.delta = torch.empty(n, chunk, dtype=torch.float64, device=device)
+        self.work = torch.empty(n, chunk, dtype=torch.float64, device=device)
+        self.base = torch.empty(chunk, dtype=torch.float64, device=device)
+        self.counts = torch.empty(n, chunk, dtype=counts, device=device)
+        self.flag = torch.empty(n, chunk, dtype=torch.bool, device=device)
+        self.band = torch.empty(n, chunk, dtype=torch.bool, device=device)
+
+
+def _count_products(rows):
+    """rows rowsᵀ in float64 for rows of −1/0/1 values held in float32 (exact: see
+    `_EXACT_FLOAT32_COUNTS`) or float64."""
+    import torch
+
+    return (rows @ rows.T).to(torch.float64)
+
+
+class _BandValues:
+    """The |δ| inside each model's bracket, gathered chunk by chunk into one flat buffer that
+    doubles when full, with each chunk's per-model counts in a table; `row(i)` puts model i's
+    together. Kept per chunk as separate small tensors they would fragment the heap (see
+    `AllPairsStats._pass`)."""
+
+    def __init__(self, n: int, chunks: int, device):
+        import torch
+
+        self.values = torch.empty(1 << 16, dtype=torch.float64, device=device)
+        self.used = 0
+        self.counts = torch.zeros(chunks, n, dtype=torch.int64, device=device)
+        self.chunks = 0
+
+    def add(self, magnitudes, band) -> None:
+        """One chunk: `magnitudes` (N × m) where `band` is set; row-major selection, so the
+        values come grouped by model, in the counts' order."""
+        import torch
+
+        selected = magnitudes[band]
+        self.counts[self.chunks] = band.sum(dim=1)
+        self.chunks += 1
+        end = self.used + selected.numel()
+        if end > self.values.numel():
+            grown = torch.empty(max(end, 2 * self.values.numel()), dtype=self.values.dtype, device=self.values.device)
+            grown[:self.used] = self.values[:self.used]
+            self.values = grown
+        self.values[self.used:end] = selected
+        self.used = end
+
+    def row(self, i: int):
+        import torch
+
+        counts = self.counts[:self.chunks]
+        starts = torch.cumsum(counts.reshape(-1), 0).reshape(counts.shape) - counts
+        parts = [self.values[s:s + c] for s, c in zip(starts[:, i].tolist(), counts[:, i].tolist()) if c]
+        return torch.cat(parts) if parts else self.values.new_empty(0)
+
+
 @dataclass
 class _PassResult:
     gram: object = None          # this tensor's D Dᵀ
     sample: object = None        # |δ| at the sample's entries (N × s)
     above: list | None = None    # per model, entries above its bracket
-    inside: list | None = None   # per model, the |δ| inside its bracket
-    inter: object = None         # mask intersections (sure parts only, when brackets were given)
-    open_columns: object = None  # entries some bracket left open
+    inside: "_BandValues | None" = None  # per model, the |δ| inside its bracket
+    inter: object = None         # this tensor's top-k mask intersections
 
 
 @dataclass
@@ -117,67 +182,67 @@ class AllPairsStats:
             thresholds = torch.kthvalue(mags, numel - k + 1, dim=1).values
             del mags, base, models
             done = self._pass(numel, read, stats=True, thresholds=thresholds)
-            inter = done.inter
         elif in_memory:
-            # One pass gives the statistics, each model's count above its bracket and the
-            # entries inside it (so its exact threshold), and the intersections of the parts of
-            # the masks that are already sure; only the columns some bracket left open are then
-            # gathered again and settled.
+            # The sample costs no read here, so the statistics pass also counts each model's
+            # entries above its bracket and keeps those inside it (so its exact threshold);
+            # a second pass forms the masks. Forming them beside the statistics from the sure
+            # parts and revisiting the columns a bracket left open cost more: with N brackets
+            # of a few % each, a third or more of the columns are open (bf16 ties widen them).
             base, models = read(0, numel)
             idx = self._sample_indices(numel).to(base.device)
             sample = (torch.stack([m[idx].to(torch.float64) for m in models]) - base[idx].to(torch.float64)).abs_()
             del base, models
             brackets = self._brackets(sample, k, numel)
-            done = self._pass(numel, read, stats=True, brackets=brackets, undecided=True)
-            thresholds, widened = self._settle(numel, read, sample, brackets, done)
-            if widened:
-                inter = self._pass(numel, read, stats=False, thresholds=thresholds).inter
-            else:
-                inter = self._settle_open_columns(numel, read, done, brackets, thresholds)
+            done = self._pass(numel, read, stats=True, brackets=brackets)
+            thresholds = self._settle(numel, read, sample, brackets, done)
+            done.inter = self._pass(numel, read, stats=False, thresholds=thresholds).inter
         else:
             # Read in parts: every pass reads again, so the sample is gathered during the
             # statistics pass, the brackets counted in a second and the masks formed in a third.
             done = self._pass(numel, read, stats=True, sample_idx=self._sample_indices(numel))
             brackets = self._brackets(done.sample, k, numel)
-            thresholds, _ = self._settle(numel, read, done.sample, brackets, None)
-            inter = self._pass(numel, read, stats=False, thresholds=thresholds).inter
-        self._add_topk(numel, inter)
+            thresholds = self._settle(numel, read, done.sample, brackets, None)
+            done.inter = self._pass(numel, read, stats=False, thresholds=thresholds).inter
+        self._add_topk(numel, done.inter)
         self._add_grouped(name, done.gram)
 
-    def _pass(self, numel: int, read: Reader, *, stats: bool, sample_idx=None, brackets=None, thresholds=None,
-              undecided: bool = False) -> "_PassResult":
-        """One walk over the tensor's chunks; what it gathers depends on what it is given."""
+    def _pass(self, numel: int, read: Reader, *, stats: bool, sample_idx=None, brackets=None,
+              thresholds=None) -> "_PassResult":
+        """One walk over the tensor's chunks; what it gathers depends on what it is given.
+
+        Every per-chunk buffer is allocated once per pass (`_Buffers`): a fresh temporary per
+        chunk, between the small results that outlive it (the values inside the brackets),
+        fragments the heap, which then grows by about a chunk per chunk (measured +1 GB of
+        RSS on a 24M-entry tensor of 12 models)."""
         import torch
 
         n, c = self.n_models, self.chunk_for(numel)
         f64 = torch.float64
-        x = torch.empty(n, c, dtype=f64, device=self.device)
-        d = torch.empty(n, c, dtype=f64, device=self.device)
-        work = torch.empty(n, c, dtype=f64, device=self.device)
-        flat = torch.empty(c, dtype=f64, device=self.device)
+        buf = _Buffers(n, c, self.device)
         out = _PassResult()
         out.gram = torch.zeros(n, n, dtype=f64, device=self.device) if stats else None
-        if thresholds is not None or undecided:
+        if thresholds is not None:
             out.inter = torch.zeros(n, n, dtype=f64, device=self.device)
-        samples, open_columns, inside = [], [], []
-        above = torch.zeros(n, dtype=f64, device=self.device)
+            # |δ| ≥ max(t, smallest double) is "|δ| ≥ t and δ ≠ 0" in one comparison.
+            thr = thresholds.to(device=self.device, dtype=f64).clamp(min=_TINY).reshape(n, 1)
+        samples = []
+        above = torch.zeros(n, dtype=torch.int64, device=self.device)
         if brackets is not None:
             lo = torch.tensor([[max(b.lo, _TINY)] for b in brackets], dtype=f64, device=self.device)
             hi = torch.tensor([[b.hi] for b in brackets], dtype=f64, device=self.device)
-        if thresholds is not None:
-            thr = thresholds.to(device=self.device, dtype=f64).reshape(n, 1)
+            inside = _BandValues(n, -(-numel // c), self.device)
         for start in range(0, numel, c):
             stop = min(start + c, numel)
             m = stop - start
             base, models = read(start, stop)
-            xs, ds, ws, b = x[:, :m], d[:, :m], work[:, :m], flat[:m]
+            ds, ws, b = buf.delta[:, :m], buf.work[:, :m], buf.base[:m]
             for row, model in enumerate(models):
-                xs[row].copy_(model)
+                ds[row].copy_(model)
             b.copy_(base)
-            torch.sub(xs, b, out=ds)
+            ds -= b
             del base, models
             if stats:
-                self._add_chunk_stats(xs, ds, ws, out.gram)
+                self._add_chunk_stats(ds, b, ws, buf.counts[:, :m], out.gram)
             if sample_idx is not None:
                 lo_pos, hi_pos = (int(v) for v in torch.searchsorted(sample_idx, torch.tensor([start, stop])))
                 if hi_pos > lo_pos:
@@ -186,64 +251,37 @@ class AllPairsStats:
                 continue
             torch.abs(ds, out=ws)
             if brackets is not None:
-                sure = (ws > hi).to(f64)
-                above += sure.sum(dim=1)
-                if undecided:
-                    out.inter += sure @ sure.T
-                band = ws >= lo
-                band &= ws <= hi
-                # One selection for all rows (row-major, so grouped by row) and the per-row
-                # counts to split it by later: N selections per chunk cost twice as much.
-                inside.append((ws[band], band.sum(dim=1)))
-                if undecided:
-                    open_columns.append(band.any(dim=0))
+                flag, band = buf.flag[:, :m], buf.band[:, :m]
+                torch.gt(ws, hi, out=flag)
+                above += flag.sum(dim=1)
+                torch.ge(ws, lo, out=band)
+                torch.le(ws, hi, out=flag)
+                band &= flag
+                inside.add(ws, band)
             if thresholds is not None:
-                mask = ((ws >= thr) & (ws > 0)).to(f64)
-                out.inter += mask @ mask.T
+                mask = buf.counts[:, :m]
+                torch.ge(ws, thr, out=mask)
+                out.inter += _count_products(mask)
         out.sample = torch.cat(samples, dim=1) if samples else None
         if brackets is not None:
             out.above = [int(v) for v in above.tolist()]
-            rows: list[list] = [[] for _ in range(n)]
-            for values, counts in inside:
-                for row, part in enumerate(torch.split(values, counts.tolist())):
-                    rows[row].append(part)
-            out.inside = [torch.cat(parts) if parts else x.new_empty(0) for parts in rows]
-        if undecided:
-            # The chunks are consecutive, so the positions in their concatenation are the entries'.
-            out.open_columns = (torch.nonzero(torch.cat(open_columns)).reshape(-1) if open_columns
-                                else torch.empty(0, dtype=torch.long))
+            out.inside = inside
         return out
 
-    def _settle_open_columns(self, numel: int, read: Reader, done: "_PassResult", brackets, thresholds):
-        """The mask intersections from the sure ones: on the columns some bracket left open, swap
-        the sure masks' products for the final masks' (elsewhere the two masks are equal)."""
+    def _add_chunk_stats(self, ds, b, ws, counts, gram) -> None:
+        """The chunk's sums, from its deltas `ds` (N × m) and the base's entries `b` (m);
+        `ws` and `counts` are scratch of the same shape."""
         import torch
 
-        f64 = torch.float64
-        n, c = self.n_models, self.chunk_for(numel)
-        hi = torch.tensor([[b.hi] for b in brackets], dtype=f64, device=self.device)
-        thr = thresholds.to(device=self.device, dtype=f64).reshape(n, 1)
-        inter = done.inter
-        base, models = read(0, numel)
-        cols_all = done.open_columns.to(base.device)
-        for start in range(0, cols_all.numel(), c):
-            cols = cols_all[start:start + c]
-            mags = (torch.stack([mdl[cols].to(f64) for mdl in models]) - base[cols].to(f64)).abs_()
-            sure = (mags > hi).to(f64)
-            final = ((mags >= thr) & (mags > 0)).to(f64)
-            inter = inter - sure @ sure.T + final @ final.T
-        return inter
-
-    def _add_chunk_stats(self, xs, ds, ws, gram) -> None:
-        import torch
-
-        m = xs.shape[1]
+        m = ds.shape[1]
         g = ds @ ds.T
         _exact_for_identical_rows(g, ds)
         gram += g
-        gw = xs @ xs.T
-        _exact_for_identical_rows(gw, xs)
-        self.weight += gw
+        # ⟨θ_i, θ_j⟩ = ⟨δ_i, δ_j⟩ + ⟨δ_i, θ₀⟩ + ⟨δ_j, θ₀⟩ + ⟨θ₀, θ₀⟩: one matrix-vector product
+        # instead of a second N × N Gram over the weights. The terms are float64 sums of exact
+        # products like the pairwise code's, so the cosine agrees to rounding (~1e-16).
+        with_base = ds @ b
+        self.weight += g + with_base[:, None] + with_base[None, :] + torch.dot(b, b)
         # Co-moments of this chunk, merged into the running ones (Chan et al.): free of the
         # cancellation raw sums of squares suffer when the deltas share an offset.
         sums = ds.sum(dim=1)
@@ -255,9 +293,10 @@ class AllPairsStats:
         self.mean += shift * (m / total)
         self.count = total
         torch.sign(ds, out=ws)
-        same_minus_opposite = ws @ ws.T
-        ws.abs_()
-        both = ws @ ws.T
+        counts.copy_(ws)
+        same_minus_opposite = _count_products(counts)
+        counts.abs_()
+        both = _count_products(counts)
         self.same_sign += (same_minus_opposite + both) / 2
         self.both_changed += both
 
@@ -296,19 +335,18 @@ class AllPairsStats:
 
     def _settle(self, numel: int, read: Reader, sample, brackets: list[_Bracket], done):
         """The exact k-th largest |δ| of every model from what its bracket counted (a pass over
-        the brackets first when `done` has not counted them). Returns (thresholds, whether any
-        bracket missed and was widened)."""
+        the brackets first when `done` has not counted them); a bracket that missed is widened
+        and counted again."""
         import torch
 
         thresholds: list[float | None] = [None] * self.n_models
-        widened = False
         while True:
             if done is None:
                 done = self._pass(numel, read, stats=False, brackets=brackets)
             for row, br in enumerate(brackets):
                 if thresholds[row] is not None:
                     continue
-                values = done.inside[row]
+                values = done.inside.row(row)
                 need = br.k - done.above[row]
                 if 0 < need <= values.numel():
                     thresholds[row] = float(torch.kthvalue(values, values.numel() - need + 1).values)
@@ -316,9 +354,8 @@ class AllPairsStats:
                     thresholds[row] = 0.0  # fewer than k non-zero entries: all of them are kept
             missed = [row for row, t in enumerate(thresholds) if t is None]
             if not missed:
-                return torch.tensor(thresholds, dtype=torch.float64), widened
+                return torch.tensor(thresholds, dtype=torch.float64)
             self.topk_widenings += 1
-            widened = True
             widenings = [br.widenings + (1 if row in missed else 0) for row, br in enumerate(brackets)]
             brackets = self._brackets(sample, brackets[0].k, numel, widenings)
             done = None
@@ -451,9 +488,9 @@ def scan_catalog(base: str, models: dict[str, str], *, device: str = "auto",
     if chunk is None:
         # On a GPU, cache-sized chunks would be all kernel launches: take large ones.
         per_matrix = WORK_ENTRIES if dev.type == "cpu" else GPU_WORK_ENTRIES
-        chunk = max(256, min(per_matrix // n, memory_budget // (2 * _WORK_MATRICES * 8 * n)))
+        chunk = max(256, min(per_matrix // n, memory_budget // (2 * WORK_BYTES_PER_ENTRY * n)))
     stats = AllPairsStats(n, device=dev, chunk=chunk, topk_sample=topk_sample, topk_margin=topk_margin)
-    work_bytes = _WORK_MATRICES * 8 * n * chunk
+    work_bytes = WORK_BYTES_PER_ENTRY * n * chunk
     bytes_read = 0
     in_parts = 0
     threads = torch.get_num_threads()

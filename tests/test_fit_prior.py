@@ -149,3 +149,34 @@ def test_an_arm_added_after_the_fit_starts_from_the_prior(tmp_path):
     with Store(db) as st:  # its starting statistics are λI again
         assert np.frombuffer(st.arm("ties_dense")["prior_A"], "<f8")[0] == 1.0
         assert np.frombuffer(st.arm("ties_dense")["prior_b"], "<f8")[0] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_the_default_pooled_policy_uses_the_prior_on_its_intercepts_and_clear_takes_it_back(tmp_path, table):
+    """pooled (the default) reads the loaded prior at decision time: its intercepts (relative
+    to the reward it earns) get the table's arm means below the best arm (ties 0, linear
+    −0.2) worth m = 2 rewards on top of λ_b = 1 → 0 and −0.2·2/3 before any reward;
+    the learned sums do not change, so rebuild stays exact, and --clear restores the scores."""
+    from bandit.policies.base import Action
+
+    db = str(tmp_path / "b.db")
+
+    def scores():
+        svc = Service(db)
+        try:
+            return svc.policy().scores([Action("ties", {}), Action("linear", {}), Action("slerp", {})])[0]
+        finally:
+            svc.store.close()
+
+    plain = scores()
+    np.testing.assert_allclose(plain, [0.0, 0.0, 0.0], atol=1e-15)
+    res = run("fit", "--outcomes", table, "--db", db)
+    assert res.exit_code == 0 and "does not use the prior" not in res.output
+    np.testing.assert_allclose(scores(), [0.0, -0.2 * 2 / 3, 0.0], atol=1e-12)
+    run("propose", "-t", "x", "--context-json", '{"s": 0.5}', "--seed", "1", "--db", db)
+    assert run("reward", "1", "0.4", "--db", db).exit_code == 0
+    assert json.loads(run("rebuild", "--check", "--db", db, "--json").output)["mismatched"] == []
+    with_prior = scores()
+    assert with_prior[0] - with_prior[1] > 0.1  # ties still ahead of linear after one reward
+    assert run("fit", "--clear", "--db", db).exit_code == 0
+    cleared = scores()
+    assert abs(cleared[0] - cleared[1]) < 0.02  # no table: only the reward's own arm moved
