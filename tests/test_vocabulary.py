@@ -83,6 +83,11 @@ def test_align_rows_follows_each_rule():
     named = align_rows(t, positions, 6, base=0, overrides=[RowOverride(0, 2, 4, True), RowOverride(2, None, 0, False)])
     assert all(torch.equal(o[0], row(2, 4)) for o in named)
     assert torch.equal(named[0][2], torch.zeros(2)) and torch.equal(named[1][2], row(1, 2))
+    # a named token everyone has, not forced: own rows, and no other token's stand-in touched
+    kept = align_rows(t, positions, 6, base=0, overrides=[RowOverride(0, 2, 4, False)])
+    for m, r in ((0, 0), (1, 5), (2, 1)):
+        assert torch.equal(kept[m][0], row(m, r))
+    assert torch.equal(kept[0][5], out[0][5]) and torch.equal(kept[1][4], out[1][4])
 
 
 def test_union_linear_three_vocabularies(zoo, tmp_path):
