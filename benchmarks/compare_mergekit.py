@@ -319,6 +319,54 @@ def l1_ratio(ours: dict, theirs: dict, base: dict) -> float:
     return a / b
 
 
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Sum 2+2?"},
+                {"role": "assistant", "content": " 4 "}]
+
+
+def chat_model(work: Path) -> Path:
+    """A tiny model whose tokenizer defines bos and eos, which templates print."""
+    from tests.tiny_models import add_word_tokenizer, make_llama
+
+    folder = work / "chat"
+    if not (folder / "tokenizer.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        make_llama(folder, seed=0, hidden=16, layers=1, vocab=8, heads=2, kv_heads=1)
+        add_word_tokenizer(folder, ["<unk>", "<s>", "</s>", "Hi"], bos_token="<s>", eos_token="</s>")
+    return folder
+
+
+def compare_chat_templates(mergekit: str, work: Path, model: Path, env: dict) -> None:
+    """Each named template, rendered from simmerge's output and from mergekit's on the same
+    conversation (with and without the generation prompt): same text or not."""
+    from transformers import AutoTokenizer
+
+    from merging.chat_templates import NAMED_TEMPLATES
+    from merging.engine import run_merge
+    from merging.recipe import Recipe
+
+    for name in sorted(NAMED_TEMPLATES):
+        text = (f"merge_method: linear\nmodels: [{{model: {model}, parameters: {{weight: 1}}}}]\n"
+                f"chat_template: {name}\ndtype: float32\n")
+        path = work / f"chat-{name}.yml"
+        path.write_text(text)
+        ours, theirs = work / f"ours-chat-{name}", work / f"mk-chat-{name}"
+        for folder in (ours, theirs):
+            shutil.rmtree(folder, ignore_errors=True)
+        run_merge(Recipe.load(path), ours, device="cpu", progress=False)
+        proc = subprocess.run([mergekit, str(path), str(theirs), "--quiet"], capture_output=True, text=True, env=env)
+        label = f"chat_template: {name}"
+        if proc.returncode != 0:
+            print(f"{label:45s} mergekit failed")
+            continue
+        results = []
+        for turns, prompt in ((CONVERSATION, False), (CONVERSATION[1:2], True), (CONVERSATION[1:], False)):
+            a, b = (AutoTokenizer.from_pretrained(f).apply_chat_template(turns, tokenize=False, add_generation_prompt=prompt)
+                    for f in (ours, theirs))
+            results.append(a == b)
+        print(f"{label:45s} {'same text' if all(results) else 'differs: ' + str(results)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/tmp/mk/bin/mergekit-yaml")
@@ -364,6 +412,8 @@ def main() -> None:
             print(f"{name:45s} L1(ours delta) / L1(mergekit delta) = {l1_ratio(a, b, base):.4f}")
         else:
             print(f"{name:45s} {max_rel_error(a, b, token_order(ours, theirs)):12.3e}")
+    if not args.only or "chat" in args.only:
+        compare_chat_templates(args.mergekit, work, chat_model(work / "models"), env)
     # A recipe written by simmerge, run by mergekit.
     recipe = Recipe.from_arm("ties", {"weight": [0.6, 0.4], "density": 0.5}, [models["ft1"], models["ft2"]],
                              models["base"], dtype="float32")

@@ -45,6 +45,15 @@ READ_AHEAD_BYTES = 256 * 1024 * 1024
 # A transformer block's tensors: PREFIX.N.REST (model.layers.3.mlp..., transformer.h.3...).
 LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|layer|blocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# torch's intra-op threads while a merge runs on the CPU (None: torch's own setting). The
+# engine already overlaps reading, merging and writing on three threads; on top of that,
+# every parallel region of an operator waits at a barrier for its worker threads, and when
+# the cores are busy (our own reader and writer, or anything else running) that wait
+# dominates: a TIES merge of 2 tensors took 3-10x the wall and CPU time with 2 threads as
+# with 1 at every size from 131k to 33M entries on a loaded 2-core machine
+# (benchmarks/bench_merge.py --threads compares). One thread also makes reductions (sums
+# in DARE/DELLA rescaling, Model Stock) independent of the machine's core count.
+INTRA_OP_THREADS: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -447,6 +456,29 @@ def run_merge_to_state_dict(recipe: Recipe, *, device: str = "auto", allow_vocab
     return InMemoryMerge(sink.tensors, plan, recipe, time.perf_counter() - started)
 
 
+class _PinnedThreads:
+    """torch's intra-op thread count set to INTRA_OP_THREADS for a CPU merge, put back
+    after. The setting is process-wide: a merge running beside other torch work in the
+    same process slows that work's parallel regions down for its duration, no more."""
+
+    def __init__(self, cpu: bool):
+        import torch
+
+        self.torch = torch
+        self.previous = torch.get_num_threads()
+        self.pinned = cpu and INTRA_OP_THREADS is not None and INTRA_OP_THREADS != self.previous
+
+    def __enter__(self) -> "_PinnedThreads":
+        if self.pinned:
+            self.torch.set_num_threads(INTRA_OP_THREADS)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.pinned:
+            self.torch.set_num_threads(self.previous)
+        return False
+
+
 def _exact_cast(source, target) -> bool:
     """Does casting source to target keep every value? Then the cast can be skipped: the
     math runs in float32/float64 anyway."""
@@ -514,7 +546,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"merge ({spec.name})", disable=not progress,
                file=sys.stderr, leave=False)
     pending: deque = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as reader, \
+    with _PinnedThreads(getattr(dev, "type", str(dev)) == "cpu"), \
+            ThreadPoolExecutor(1, thread_name_prefix="merge-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="merge-write") as writer_pool:
         ahead = reader.submit(load, jobs[0])
         try:

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from merging.chat_templates import template_text
 from merging.errors import MergeError
 
 RECIPE_JSON = "merge_recipe.json"
@@ -92,24 +93,31 @@ def _tokenizer_folder(plan, recipe) -> Path | None:
 
 
 def _chat_template(plan, recipe) -> str | None:
-    """The recipe's chat_template: 'auto' (the template most inputs use) or the template text."""
+    """The recipe's chat_template: 'auto' (the template most inputs use), a built-in name
+    (merging.chat_templates) or the template text."""
     value = recipe.chat_template
-    if value is None:
-        return None
+    if not value:
+        return None  # mergekit ignores an empty one too
     if value == "auto":
-        found = []
-        for ck in plan.inputs:
-            config = _read_json(ck.path / "tokenizer_config.json") or {}
-            template = config.get("chat_template")
-            if isinstance(template, str):
-                found.append(template)
+        found = [t.strip() for t in (_input_template(ck.path) for ck in plan.inputs) if t and t.strip()]
         if not found:
             return None
         return Counter(found).most_common(1)[0][0]
-    if "{{" in value or "{%" in value:
-        return value
-    raise MergeError(f"chat_template {value!r}: give 'auto' or the Jinja template text "
-                     "(named built-in templates are not shipped here)")
+    return template_text(value)
+
+
+def _input_template(folder: Path) -> str | None:
+    """A model's own chat template: chat_template.jinja, else tokenizer_config.json's."""
+    jinja = Path(folder) / "chat_template.jinja"
+    try:
+        if jinja.is_file() and not jinja.is_symlink():
+            return jinja.read_text()
+    except (OSError, UnicodeDecodeError):
+        pass
+    template = (_read_json(Path(folder) / "tokenizer_config.json") or {}).get("chat_template")
+    if isinstance(template, dict):  # several named templates: mergekit takes 'default'
+        template = template.get("default")
+    return template if isinstance(template, str) else None
 
 
 def merged_config(plan, recipe) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from merging.chat_templates import template_text
 from merging.dtypes import canonical_dtype
 from merging.errors import MergeError
 from merging.registry import get_operator
@@ -258,6 +259,8 @@ class Recipe:
             raise MergeError("recipe: give tokenizer_source or tokenizer, not both")
         if self.chat_template is not None and not isinstance(self.chat_template, str):
             raise MergeError("recipe: chat_template must be a string")
+        if self.chat_template not in (None, "", "auto"):
+            template_text(self.chat_template)  # an unknown name fails here, before any work
         if self.slices:
             groups = [self._slice_group(spec, i, s) for i, s in enumerate(self.slices)]
             base = self.base

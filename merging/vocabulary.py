@@ -396,7 +396,8 @@ def align_rows(tensors: Sequence, positions: Sequence[Sequence[int]], rows: int,
         sel = (mean & (c == k)).nonzero().squeeze(1)
         stand_in[sel] = stand_in[sel] / int(k)
     for o in overrides:
-        if o.member is not None:
+        # A named token every input has, not forced, keeps each input's own row.
+        if o.member is not None and bool(needs[o.token_id]):
             source = tensors[o.member]
             if o.row >= source.shape[0]:
                 raise MergeError(f"vocabulary: token id {o.row} is past the {source.shape[0]} rows of its source")

@@ -190,8 +190,8 @@ def test_chat_template_auto_and_literal(zoo, tmp_path):
                tmp_path / "lit")
     assert json.loads((tmp_path / "lit" / "tokenizer_config.json").read_text())["chat_template"] == \
         "{% for m in messages %}x{% endfor %}"
-    with pytest.raises(MergeError, match="named built-in templates"):
-        merge_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}]\nchat_template: chatml\n", tmp_path / "named")
+    with pytest.raises(MergeError, match="one of alpaca, chatml, exaone, llama3, mistral"):
+        merge_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}]\nchat_template: zephyr\n", tmp_path / "named")
     assert not (tmp_path / "named").exists()
 
 

@@ -83,6 +83,11 @@ def test_align_rows_follows_each_rule():
     named = align_rows(t, positions, 6, base=0, overrides=[RowOverride(0, 2, 4, True), RowOverride(2, None, 0, False)])
     assert all(torch.equal(o[0], row(2, 4)) for o in named)
     assert torch.equal(named[0][2], torch.zeros(2)) and torch.equal(named[1][2], row(1, 2))
+    # a named token everyone has, not forced: own rows, and no other token's stand-in touched
+    kept = align_rows(t, positions, 6, base=0, overrides=[RowOverride(0, 2, 4, False)])
+    for m, r in ((0, 0), (1, 5), (2, 1)):
+        assert torch.equal(kept[m][0], row(m, r))
+    assert torch.equal(kept[0][5], out[0][5]) and torch.equal(kept[1][4], out[1][4])
 
 
 def test_union_linear_three_vocabularies(zoo, tmp_path):
@@ -242,3 +247,37 @@ def test_recipe_with_tokenizer_section_round_trips(zoo):
     plan = plan_merge(Recipe.from_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}, {{model: {zoo['c']}}}]\n"
                                        "tokenizer_source: union\n"))
     assert plan.vocabulary.rows == 14 + 2  # a's 14 tokens, then c's x1 and y0
+
+
+def test_bandit_merge_recipe_with_a_union_in_an_intermediate(zoo, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    recipe = tmp_path / "multi.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: both
+        merge_method: linear
+        models: [{{model: {zoo['a']}, parameters: {{weight: 1}}}}, {{model: {zoo['b']}, parameters: {{weight: 1}}}}]
+        tokenizer: {{source: union, tokens: {{x0: {{source: {zoo['b']}, force: true}}}}}}
+        ---
+        merge_method: linear
+        models: [{{model: both, parameters: {{weight: 1}}}}, {{model: {zoo['c']}, parameters: {{weight: 1}}}}]
+        tokenizer_source: both
+        dtype: float32
+        """))
+    r = CliRunner().invoke(main, ["merge", "--recipe", str(recipe), "--out", str(tmp_path / "m"), "--json"])
+    assert r.exit_code == 0, r.output
+    vocab = vocab_of(tmp_path / "m")
+    assert sorted(vocab, key=vocab.get) == BASE_WORDS + ["<|a|>", "x0", "x1", "x2", "<|b|>"]
+    got = rows_by_token(tmp_path / "m", "model.embed_tokens.weight")
+    b_rows, c_rows = (rows_by_token(zoo[k], "model.embed_tokens.weight") for k in ("b", "c"))
+    # x0: b's row forced in the first step (so both inputs carry it), then c lacks it: the intermediate's
+    assert torch.allclose(got["x0"], b_rows["x0"], atol=1e-6)
+    # x1: in the intermediate (b's, as only b has it there) and in c: their mean
+    assert torch.allclose(got["x1"], (b_rows["x1"] + c_rows["x1"]) / 2, atol=1e-6)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}]\ntokenizer: {{source: union, pad: 8}}\n")
+    r = CliRunner().invoke(main, ["merge", "--recipe", str(bad), "--out", str(tmp_path / "n")])
+    assert r.exit_code == 1 and "unknown key 'pad'" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "n").exists()
