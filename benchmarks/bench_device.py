@@ -10,22 +10,32 @@ Printed, per size:
   - all-pairs structural features (`features.structural_all.scan_catalog`) seconds and the ratio
     to reading the N + 1 checkpoints once;
   - in-memory merges per second: the two fine-tunes and the base resident on the device, a TIES
-    merge of every tensor into a state dict (no disk), the inner loop of a trial merge; the full
-    trial (merge + load + teacher-forced probes) is measured by `measure_trial_merges` when
-    `features.trial` provides `trial_merges_per_second` — a hook, since that module is written
-    separately;
+    merge of every tensor into a state dict (no disk), the inner loop of a trial merge;
+  - trial merges at one merge size (`--trial-size`, default the smallest): every default arm
+    through `features.trial.TrialRunner.trial`, the code `propose --trial-merges` runs per action
+    (the engine merges into a state dict, the state is loaded into the architecture, both
+    experts' reference continuations are teacher-forced), with seconds per arm split into merge /
+    load / probes; the references (computed once per expert and cached) and building the
+    architecture (once per runner) are printed apart. The checkpoints carry no tokenizer, so a
+    word-level one over the probes' words is written into the base (about one token per word,
+    like a 32k BPE vocabulary; the ids fit the 32000-row embedding). Probes: the built-in generic
+    set, `--trial-probes` of them per expert, `--trial-new-tokens` long continuations (default
+    32 and 32 as propose, on the CPU 8 and 8: greedy references re-run the whole prefix per
+    token, minutes at 220M on two cores);
   - peak GPU memory of each step (torch.cuda.max_memory_allocated).
 Device choice through `merging.device.resolve_device` (the one place). Needs free disk: about
 (N + 1) x the features size + 4 x the largest merge size (7b: ~75 GB in all). Everything written
 is deleted at the end unless --keep.
 
-    python benchmarks/bench_device.py [--device auto] [--size tiny|100m|1b|7b]
-        [--merge-sizes 1b,7b] [--feature-size 1b] [--models 8] [--workdir DIR] [--keep]
+    python benchmarks/bench_device.py [--device auto] [--size tiny|100m|220m|1b|7b]
+        [--merge-sizes 1b,7b] [--feature-size 1b] [--models 8] [--trial-size SIZE]
+        [--trial-probes N] [--trial-new-tokens T] [--workdir DIR] [--keep]
+
+The 220M figure of #10 (CPU): `--device cpu --merge-sizes 220m --feature-size tiny`.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -81,7 +91,7 @@ def read_floor(folders, scratch: Path | None = None, write_bytes: int = 0) -> fl
     return io_floor([Path(f) for f in folders], write_bytes, scratch)[0]
 
 
-def bench_merges(size: str, workdir: Path, dev, *, cold: bool) -> None:
+def bench_merges(size: str, workdir: Path, dev, *, cold: bool, trials: dict | None = None) -> None:
     from merging.engine import run_merge
     from merging.recipe import Recipe
     from synthetic_checkpoints import folder_bytes, parameter_count, write_catalog
@@ -110,7 +120,8 @@ def bench_merges(size: str, workdir: Path, dev, *, cold: bool) -> None:
               f"ratio {seconds / floor:5.2f}, peak GPU {_peak_gb(dev)} GB")
         shutil.rmtree(out, ignore_errors=True)
     in_memory_merges(base, fts, dev)
-    measure_trial_merges(base, fts, dev)
+    if trials is not None:
+        measure_trial_merges(base, fts, dev, root, **trials)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -154,19 +165,76 @@ def in_memory_merges(base, fts, dev, *, seconds: float = 20.0) -> None:
         ck.close()
 
 
-def measure_trial_merges(base, fts, dev) -> None:
-    """Full trial merges per second, when `features.trial` offers the entry point for it."""
-    if importlib.util.find_spec("features.trial") is None:
-        print("trial merges: features.trial is not on this branch (hook: measure_trial_merges)")
-        return
-    import features.trial as trial
+def word_tokenizer(texts, folder: Path):
+    """A word-level tokenizer over the words of `texts` (plus <pad> <unk> <s> </s>), saved into
+    `folder`: the generated checkpoints have none, and trial merges tokenize the probes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
-    entry = getattr(trial, "trial_merges_per_second", None)
-    if entry is None:
-        print("trial merges: features.trial has no trial_merges_per_second(base, models, device) yet "
-              "(hook: measure_trial_merges)")
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    split = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    words = sorted({w for t in texts for w, _ in split.pre_tokenize_str(t)})
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = split
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>")
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def measure_trial_merges(base, fts, dev, workdir: Path, *, probes: int, new_tokens: int) -> None:
+    """Every default arm as one trial merge of (ft01, ft02) over the base, as propose runs it."""
+    import torch
+
+    from bandit.arms import DEFAULT_ARMS
+    from features.functional import generic_probes
+    from features.trial import TrialRunner
+    from merging.checkpoint import Checkpoint
+
+    with Checkpoint(base) as ck:
+        params = sum(info.numel for info in ck.tensors.values())
+    free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else _available_ram()
+    # The float32 model, its float32 copy of the merged state, and the merged state itself.
+    if 3 * 4 * params > free:
+        print(f"trial merges: skipped, {params / 1e9:.1f}B parameters in float32 ({3 * 4 * params / 1e9:.0f} GB "
+              f"with the merged state) do not fit {free / 1e9:.0f} GB free")
         return
-    print(f"trial merges (merge + load + probes): {entry(str(base), [str(p) for p in fts], device=str(dev)):.2f} per second")
+    texts = generic_probes()
+    texts = [texts[i % len(texts)] for i in range(probes)]
+    tokenizer = word_tokenizer(texts, Path(base))
+    tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    _reset_peak(dev)
+    t0 = time.perf_counter()
+    runner = TrialRunner(base, fts[0], fts[1], texts, texts, device=str(dev), max_new_tokens=new_tokens,
+                         cache_dir=workdir / "trial-cache")
+    print(f"trial merges, {params / 1e6:.0f}M parameters on {dev.type} ({torch.get_num_threads()} threads): "
+          f"{probes} probes per expert ({tokens} prompt tokens), continuations up to {new_tokens} tokens; "
+          f"both experts' references (once per expert, then cached) {time.perf_counter() - t0:.1f} s")
+    print(f"  {'arm':<18} {'total s':>8} {'merge s':>8} {'load s':>7} {'probes s':>9} {'scored tokens':>14}")
+    scored = 2 * tokens + runner.refs_a.positions + runner.refs_b.positions  # prompt + continuation, both experts
+    totals = []
+    for arm, op, arm_params in DEFAULT_ARMS:
+        t0 = time.perf_counter()
+        result = runner.trial(op, arm_params)
+        _sync(dev)
+        total = time.perf_counter() - t0
+        if not totals:
+            total -= runner.architecture_seconds  # built once per runner, like a live service's
+        totals.append((total, result.merge_seconds, result.load_seconds, result.score_seconds))
+        print(f"  {arm:<18} {total:8.2f} {result.merge_seconds:8.2f} {result.load_seconds:7.2f} "
+              f"{result.score_seconds:9.2f} {scored:>14}")
+    n = len(totals)
+    mean = [sum(row[i] for row in totals) / n for i in range(4)]
+    print(f"  {'mean per arm':<18} {mean[0]:8.2f} {mean[1]:8.2f} {mean[2]:7.2f} {mean[3]:9.2f}   "
+          f"(architecture built once: {runner.architecture_seconds:.1f} s; peak GPU {_peak_gb(dev)} GB)")
+
+
+def _available_ram() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
 
 
 def bench_features(size: str, n_models: int, workdir: Path, dev, budget: int, *, cold: bool) -> None:
@@ -207,6 +275,9 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=8, help="fine-tunes for the all-pairs features")
     parser.add_argument("--memory-budget", type=float, help="GB for one tensor of every model (default: "
                         "half the free GPU memory, at most 16; 1 on the CPU)")
+    parser.add_argument("--trial-size", help="the merge size at which to run trial merges (default: the smallest)")
+    parser.add_argument("--trial-probes", type=int, help="probes per expert (default 32 on CUDA, 8 on the CPU)")
+    parser.add_argument("--trial-new-tokens", type=int, help="continuation length (default 32 on CUDA, 8 on the CPU)")
     parser.add_argument("--cold", action="store_true", help="drop the files from the page cache before each run")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
@@ -215,7 +286,7 @@ def main() -> None:
     import torch
 
     from merging.device import resolve_device
-    from synthetic_checkpoints import LLAMA_SIZES
+    from synthetic_checkpoints import LLAMA_SIZES, parameter_count
 
     dev = resolve_device(args.device)
     cuda = dev.type == "cuda"
@@ -224,6 +295,11 @@ def main() -> None:
     for s in [*merge_sizes, feature_size]:
         if s not in LLAMA_SIZES:
             raise SystemExit(f"unknown size {s!r}: one of {', '.join(LLAMA_SIZES)}")
+    trial_size = args.trial_size or min(merge_sizes, key=lambda s: parameter_count(s))
+    if trial_size not in merge_sizes:
+        raise SystemExit(f"--trial-size {trial_size!r} is not one of the merge sizes ({', '.join(merge_sizes)})")
+    trials = {"probes": args.trial_probes or (32 if cuda else 8),
+              "new_tokens": args.trial_new_tokens or (32 if cuda else 8)}
     if args.memory_budget:
         budget = int(args.memory_budget * 1e9)
     elif cuda:
@@ -238,7 +314,7 @@ def main() -> None:
     try:
         bench_features(feature_size, args.models, workdir, dev, budget, cold=args.cold)
         for size in merge_sizes:
-            bench_merges(size, workdir, dev, cold=args.cold)
+            bench_merges(size, workdir, dev, cold=args.cold, trials=trials if size == trial_size else None)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

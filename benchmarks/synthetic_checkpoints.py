@@ -16,6 +16,7 @@ from pathlib import Path
 LLAMA_SIZES = {
     "tiny": (256, 688, 4, 4, 4, 32000),        # ~21M parameters
     "100m": (768, 2048, 8, 12, 4, 32000),      # ~99M: ~200 MB in bf16
+    "220m": (1024, 2816, 12, 16, 16, 32000),   # ~220M (bench_merge's 220M): ~440 MB in bf16
     "1b": (2048, 5632, 22, 32, 4, 32000),      # ~1.1B (TinyLlama's shape): ~2.2 GB in bf16
     "7b": (4096, 11008, 32, 32, 32, 32000),    # ~6.7B (Llama-2-7B's shape): ~13.5 GB in bf16
 }

@@ -15,8 +15,11 @@ Teacher-forced exact agreement equals "greedy generation from the merged model r
 expert's continuation": greedy decoding emits the reference iff each step's argmax, given the
 reference prefix, is the next reference token.
 
-Reference outputs depend only on the expert and its probes, so they are computed once and
-cached on disk by (fingerprint, probe hash, max_new_tokens, version): `reference_outputs`.
+Reference outputs depend only on the expert and its probes, so they are computed once and kept
+in the one probe-output cache (`features.probe_outputs.ProbeOutputCache`, kind
+`REFERENCE_KIND`), keyed by the expert's fingerprint, the probe hash and, as the variant, the
+token ids fed and max_new_tokens: `reference_outputs`. The per-action trial features are kept
+beside it (`ActionCache`, `trial-actions.json` in the same root).
 """
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ TRIAL_FEATURES: tuple[str, ...] = (
 )
 # Part of the definitions: changing one changes the numbers, so it is in every cache key.
 TRIAL_VERSION = 1
+# The experts' references in the probe-output cache: greedy continuations with the expert's
+# top-K log-probabilities along them.
+REFERENCE_KIND = "continuations"
+REFERENCE_VERSION = 1
 DEFAULT_MAX_NEW_TOKENS = 32
 MAX_PROMPT_TOKENS = 128
 TOP_K = 64
@@ -58,14 +65,7 @@ class ReferenceOutputs:
         return sum(len(c) for c in self.continuations)
 
 
-# -- cache location and keys ---------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """`probe-outputs/` under simmerge's home ($SIMMERGE_HOME, else ~/.cache/simmerge)."""
-    from features.probe_outputs import simmerge_home
-
-    return simmerge_home() / "probe-outputs"
-
-
+# -- cache keys ---------------------------------------------------------------------------
 def texts_hash(texts: Sequence[str]) -> str:
     payload = json.dumps({"texts": list(texts), "max_prompt_tokens": MAX_PROMPT_TOKENS}, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
@@ -183,26 +183,23 @@ def _continuation_logp(model, prompts, continuations, pad_id, device):
 # -- reference outputs (cached) ------------------------------------------------------------
 def reference_outputs(folder: str | os.PathLike, probes: Sequence[str], *, device: str = "auto",
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, cache_dir: str | os.PathLike | None = None,
-                      tokenizer_folder: str | os.PathLike | None = None, model=None) -> tuple[ReferenceOutputs, bool]:
+                      tokenizer=None, model=None) -> tuple[ReferenceOutputs, bool]:
     """The expert in `folder`, greedily continuing its probes: (outputs, whether they came from
-    the cache). Cached by (fingerprint, probe hash, max_new_tokens, TRIAL_VERSION)."""
-    import torch
+    the cache). Kept in the probe-output cache rooted at `cache_dir` (None: its default root).
+    `tokenizer`: the pair's tokenizer when the caller has it (default: the folder's own)."""
+    from features.probe_outputs import ProbeOutputCache
 
     probes = [p.strip() for p in probes if p and p.strip()]
     if not probes:
         raise FeatureError(f"{folder}: no probe texts for trial merges")
-    key = f"{checkpoint_fingerprint(folder)}-{texts_hash(probes)}-{max_new_tokens}-v{TRIAL_VERSION}"
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / f"{key}.pt"
-    if path.is_file():
-        try:
-            data = torch.load(path, weights_only=True)
-            return ReferenceOutputs(data["prompts"], data["continuations"], data["top_ids"], data["top_logp"]), True
-        except Exception:  # a damaged cache file is recomputed, never trusted
-            pass
-    dev = _device(device)
-    tok = load_tokenizer([tokenizer_folder or folder])
+    tok = tokenizer if tokenizer is not None else load_tokenizer([folder])
     prompts = tokenize_prompts(tok, probes)
+    cache = ProbeOutputCache(cache_dir)
+    key = reference_key(checkpoint_fingerprint(folder), probes, prompts, max_new_tokens)
+    cached = _cached_references(cache, key, prompts)
+    if cached is not None:
+        return cached, True
+    dev = _device(device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     if model is None:
         model = load_causal_lm(folder, dev)
@@ -214,11 +211,53 @@ def reference_outputs(folder: str | os.PathLike, probes: Sequence[str], *, devic
         top_ids.append(ids.contiguous())
         top_logp.append(vals.contiguous())
     refs = ReferenceOutputs(prompts, conts, top_ids, top_logp)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"prompts": prompts, "continuations": conts, "top_ids": top_ids, "top_logp": top_logp}, tmp)
-    os.replace(tmp, path)
+    _store_references(cache, key, refs, folder)
     return refs, False
+
+
+def reference_key(fingerprint: str, probes: Sequence[str], prompts: Sequence[Sequence[int]], max_new_tokens: int):
+    """The probe-output cache key of one expert's references: the token ids actually fed are
+    in the variant, so another tokenizer (or token cut) misses."""
+    from features.probe_outputs import ProbeOutputKey
+
+    fed = hashlib.sha256(json.dumps([list(p) for p in prompts]).encode()).hexdigest()[:32]
+    return ProbeOutputKey(fingerprint, texts_hash(probes), REFERENCE_KIND, REFERENCE_VERSION,
+                          f"tokens={fed}|max_new_tokens={int(max_new_tokens)}|top_k={TOP_K}")
+
+
+def _store_references(cache, key, refs: ReferenceOutputs, folder) -> None:
+    """Flat arrays: the continuations back to back with their lengths, and their top-K rows
+    (one per continuation token) in the same order."""
+    import numpy as np
+    import torch
+
+    k = refs.top_ids[0].shape[-1] if refs.top_ids else 0
+    arrays = {
+        "continuation_lengths": np.array([len(c) for c in refs.continuations], dtype=np.int64),
+        "continuation_tokens": np.array([t for c in refs.continuations for t in c], dtype=np.int64),
+        "top_ids": torch.cat(refs.top_ids).numpy() if refs.top_ids else np.zeros((0, k), dtype=np.int64),
+        "top_logp": torch.cat(refs.top_logp).numpy() if refs.top_logp else np.zeros((0, k), dtype=np.float32),
+    }
+    cache.store(key, arrays, {"folder": str(folder), "probes": len(refs.prompts), "positions": refs.positions})
+
+
+def _cached_references(cache, key, prompts) -> ReferenceOutputs | None:
+    import torch
+
+    entry = cache.load(key)
+    if entry is None:
+        return None
+    arrays, _ = entry
+    lengths = arrays["continuation_lengths"].tolist()
+    if len(lengths) != len(prompts) or sum(lengths) != len(arrays["continuation_tokens"]) \
+            or len(arrays["top_ids"]) != sum(lengths):
+        return None  # not what this key should hold: recompute rather than trust it
+    tokens = arrays["continuation_tokens"].tolist()
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    conts = [tokens[s:s + n] for s, n in zip(starts, lengths)]
+    top_ids = list(torch.from_numpy(arrays["top_ids"]).split(lengths))
+    top_logp = list(torch.from_numpy(arrays["top_logp"]).split(lengths))
+    return ReferenceOutputs([list(p) for p in prompts], conts, top_ids, top_logp)
 
 
 def _device(device: str):
@@ -291,8 +330,9 @@ def combine(sig_a: Mapping[str, float], sig_b: Mapping[str, float]) -> dict[str,
 class TrialResult:
     features: dict[str, float]
     merge: Any            # merging.engine.InMemoryMerge, or None when not kept
-    merge_seconds: float
-    score_seconds: float
+    merge_seconds: float  # the engine's merge into a state dict
+    score_seconds: float  # the probes, teacher-forced on both experts' references
+    load_seconds: float = 0.0  # the state dict into the architecture (built once per runner, not counted)
 
 
 class TrialRunner:
@@ -317,31 +357,27 @@ class TrialRunner:
         started = time.perf_counter()
         tok = load_tokenizer([base, a, b])
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        # The first of base, A, B with a tokenizer: what the merged model is scored with.
         self.refs_a, hit_a = reference_outputs(a, probes_a, device=device, max_new_tokens=max_new_tokens,
-                                               cache_dir=cache_dir, tokenizer_folder=self._tokenizer_folder())
+                                               cache_dir=cache_dir, tokenizer=tok)
         self.refs_b, hit_b = reference_outputs(b, probes_b, device=device, max_new_tokens=max_new_tokens,
-                                               cache_dir=cache_dir, tokenizer_folder=self._tokenizer_folder())
+                                               cache_dir=cache_dir, tokenizer=tok)
         self.reference_cache_hits = int(hit_a) + int(hit_b)
         self.reference_seconds = time.perf_counter() - started
         self._model = None
-
-    def _tokenizer_folder(self) -> str:
-        from features.functional import TOKENIZER_FILES
-
-        for folder in (self.base, self.a, self.b):
-            if any((Path(folder) / n).is_file() for n in TOKENIZER_FILES):
-                return folder
-        return self.base
+        self.architecture_seconds = 0.0  # building the model once, on the first trial
 
     def _architecture(self, config: dict):
         if self._model is None:
             import torch
             from transformers import AutoConfig, AutoModelForCausalLM
 
+            started = time.perf_counter()
             _quiet_transformers()
             cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if k != "transformers_version"})
             torch.manual_seed(0)  # from_config initialises weights that load_state_dict overwrites
             self._model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(self.device).eval()
+            self.architecture_seconds = time.perf_counter() - started
         return self._model
 
     def load(self, state: Mapping[str, Any]):
@@ -370,16 +406,20 @@ class TrialRunner:
             merged = run_merge_to_state_dict(recipe, device=str(self.device))
         except MergeError as e:
             raise FeatureError(str(e)) from None
-        t0 = time.perf_counter()
-        model = self._architecture(merged.config)
-        self.load(merged.state)
         import torch
+
+        model = self._architecture(merged.config)
+        t0 = time.perf_counter()
+        self.load(merged.state)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the copies are asynchronous: count them here
+        t1 = time.perf_counter()
 
         with torch.no_grad():
             sig_a = signals_against(model, self.refs_a, self.pad_id, self.device)
             sig_b = signals_against(model, self.refs_b, self.pad_id, self.device)
         return TrialResult(combine(sig_a, sig_b), merged if keep else None, merged.seconds,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t1, t1 - t0)
 
 
 def pair_fingerprints(base: str | os.PathLike, a: str | os.PathLike, b: str | os.PathLike) -> tuple[str, str, str]:
@@ -404,10 +444,13 @@ ACTION_CACHE = "trial-actions.json"
 
 
 class ActionCache:
-    """Trial features per action on disk (`<cache_dir>/trial-actions.json`), by `action_key`."""
+    """Trial features per action on disk (`trial-actions.json` in the probe-output cache's root,
+    `cache_dir` or its default), by `action_key`."""
 
     def __init__(self, cache_dir: str | os.PathLike | None = None):
-        self.path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / ACTION_CACHE
+        from features.probe_outputs import default_cache_root
+
+        self.path = (Path(cache_dir) if cache_dir is not None else default_cache_root()) / ACTION_CACHE
         try:
             self.entries: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         except (OSError, json.JSONDecodeError):

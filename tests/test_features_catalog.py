@@ -329,3 +329,48 @@ def test_outputs_over_the_memory_budget_are_read_back_per_pair(catalog, shared_c
     # Four entries read for the per-model numbers, then a, b, c (row a) and b, c (row b) again.
     assert shared_cache.hits - before == 4 + 5
     assert spilled.pairs == held.pairs
+
+
+@pytest.mark.parametrize("width", [1, 63, 64, 200, 1000])
+def test_numpy_and_torch_counting_kernels_agree_with_direct_counts(width):
+    """The CPU kernels (bit-packed popcounts, numpy selections) and the torch ones (float32
+    products, on any device) give the same exact counts as counting entry by entry."""
+    import torch
+
+    from features.pair_counts import NumpyCounts, TorchCounts
+
+    gen = torch.Generator().manual_seed(width)
+    n = 5
+    ds = torch.randn(n, width, generator=gen, dtype=torch.float64)
+    ds[torch.rand(n, width, generator=gen) < 0.2] = 0.0   # unchanged entries
+    ds[3] = ds[1]                                          # identical rows
+    ds[4] = 0.0                                            # a model equal to the base
+    mags = ds.abs().round(decimals=1)                      # ties at the thresholds
+    thr = torch.tensor([[0.5], [0.0], [1.0], [0.5], [0.3]], dtype=torch.float64).clamp(min=5e-324)
+    lo, hi = torch.full((n, 1), 0.3, dtype=torch.float64), torch.full((n, 1), 0.8, dtype=torch.float64)
+    sign = ds.sign()
+    want_same = ((sign[:, None] == sign[None]) & (sign[:, None] != 0)).sum(-1).double()
+    want_both = ((sign[:, None] != 0) & (sign[None] != 0)).sum(-1).double()
+    mask = mags >= thr
+    want_inter = (mask[:, None] & mask[None]).sum(-1).double()
+    band = (mags >= lo) & (mags <= hi)
+    for kernels in (NumpyCounts(), TorchCounts()):
+        dtype = kernels.scratch_dtype(width)
+        counts = None if dtype is None else torch.empty(n, width, dtype=dtype)
+        flags = (torch.empty(n, width, dtype=torch.bool), torch.empty(n, width, dtype=torch.bool))
+        same, both = kernels.signs(ds, torch.empty_like(ds), counts, flags)
+        assert torch.equal(same, want_same) and torch.equal(both, want_both), kernels
+        assert torch.equal(kernels.mask_products(mags, thr, counts, flags[0]), want_inter), kernels
+        above, values, per_row = kernels.split_band(mags, lo, hi, *flags)
+        assert above.tolist() == (mags > hi).sum(1).tolist()
+        assert per_row.tolist() == band.sum(1).tolist() and torch.equal(values, mags[band])
+
+
+def test_one_pass_with_the_torch_kernels_equals_pairwise(catalog, pairwise, monkeypatch):
+    """The kernels a GPU runs, here on the CPU: the whole pass still equals the reference."""
+    import features.structural_all as structural_all
+    from features.pair_counts import TorchCounts
+
+    monkeypatch.setattr(structural_all, "counts_for", lambda device: TorchCounts())
+    base, models = catalog
+    _assert_close(scan_catalog(base, models, device="cpu", topk_sample=32).all_pairs(), pairwise, 1e-9)

@@ -60,7 +60,7 @@ def test_trial_columns_match_a_direct_trial_and_come_from_the_cache_again(tmp_pa
     assert all(f"a:{arm}:{f}" in header for arm in ARMS for f in TRIAL_FEATURES)
 
     # (a, b) under ties: a is scored on its own probes, b on the task's
-    cache_dir = tmp_path / "home" / "probe-outputs"
+    cache_dir = tmp_path / "home" / "cache"
     runner = TrialRunner(family["base"], family["a"], family["b"], OWN_PROBES, TASK_PROBES, device="cpu",
                          cache_dir=cache_dir)
     assert runner.reference_cache_hits == 2  # the outcomes run computed and cached both references
@@ -101,4 +101,4 @@ def test_trial_merges_without_probes_is_one_line_and_writes_nothing(tmp_path, fa
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: trial merges need probe texts: register a with --probes")
     assert not out.exists() and not (tmp_path / "t.csv.cache.json").exists()
-    assert not (tmp_path / "home" / "probe-outputs" / ACTION_CACHE).exists()
+    assert not (tmp_path / "home" / "cache" / ACTION_CACHE).exists()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.feature_models import char_tokenizer, make_base, make_finetune
+from tests.feature_models import char_tokenizer, load_state, make_base, make_finetune, save_state
 
 PROBES_A = ["hello w", "abc", "the quick", "zz top", "a1b2", "one two", "x", "merge me"]
 PROBES_B = ["0123", "lorem ipsum", "why?", "cab", "qrs tuv", "hi there", "m", "k-9"]
@@ -95,19 +95,60 @@ def test_identical_pair_keeps_everything(family, tmp_path):
 
 
 def test_references_are_cached_and_reused(family, tmp_path):
-    from features.trial import TrialRunner, reference_outputs
+    import shutil
+
+    from features.probe_outputs import ProbeOutputCache
+    from features.trial import REFERENCE_KIND, TrialRunner, reference_outputs
 
     root, base, a, b = family
+    entries = lambda: sorted((tmp_path / "probe_outputs" / REFERENCE_KIND).rglob("*.npz"))  # noqa: E731
     first, hit = reference_outputs(a, PROBES_A, device="cpu", max_new_tokens=5, cache_dir=tmp_path)
-    assert not hit and len(list(tmp_path.glob("*.pt"))) == 1
+    # One entry, in the one probe-output cache (its layout), and no second cache beside it.
+    assert not hit and len(entries()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe_outputs"]
     second, hit = reference_outputs(a, PROBES_A, device="cpu", max_new_tokens=5, cache_dir=tmp_path)
-    assert hit and second.continuations == first.continuations
+    assert hit and second.continuations == first.continuations and second.prompts == first.prompts
     assert all(torch.equal(x, y) for x, y in zip(first.top_logp, second.top_logp))
+    assert all(torch.equal(x, y) for x, y in zip(first.top_ids, second.top_ids))
+    assert ProbeOutputCache(tmp_path).load(_only_key(a, PROBES_A, 5)) is not None
     # Another probe set or cut is another entry, never the cached one.
     _, hit = reference_outputs(a, PROBES_A[:3], device="cpu", max_new_tokens=5, cache_dir=tmp_path)
     assert not hit
+    _, hit = reference_outputs(a, PROBES_A, device="cpu", max_new_tokens=4, cache_dir=tmp_path)
+    assert not hit and len(entries()) == 3
+    # The same expert saved again with one weight changed is another checkpoint: a miss.
+    changed = tmp_path / "a-changed"
+    shutil.copytree(a, changed)
+    state = load_state(changed)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1.0
+    from transformers import AutoConfig
+
+    save_state(state, AutoConfig.from_pretrained(str(changed)), changed)
+    other, hit = reference_outputs(changed, PROBES_A, device="cpu", max_new_tokens=5, cache_dir=tmp_path)
+    assert not hit and len(entries()) == 4
     runner = TrialRunner(base, a, b, PROBES_A, PROBES_B, device="cpu", max_new_tokens=5, cache_dir=tmp_path)
     assert runner.reference_cache_hits == 1
+
+
+def _only_key(folder, probes, max_new_tokens):
+    from features.trial import checkpoint_fingerprint, load_tokenizer, reference_key, tokenize_prompts
+
+    prompts = tokenize_prompts(load_tokenizer([folder]), probes)
+    return reference_key(checkpoint_fingerprint(folder), probes, prompts, max_new_tokens)
+
+
+def test_a_damaged_reference_entry_is_recomputed(family, tmp_path):
+    from features.trial import REFERENCE_KIND, reference_outputs
+
+    _, _, a, _ = family
+    first, _ = reference_outputs(a, PROBES_A, device="cpu", max_new_tokens=4, cache_dir=tmp_path)
+    (entry,) = (tmp_path / "probe_outputs" / REFERENCE_KIND).rglob("*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])
+    again, hit = reference_outputs(a, PROBES_A, device="cpu", max_new_tokens=4, cache_dir=tmp_path)
+    assert not hit and again.continuations == first.continuations
+    _, hit = reference_outputs(a, PROBES_A, device="cpu", max_new_tokens=4, cache_dir=tmp_path)
+    assert hit
 
 
 def test_coarse_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_otherwise():

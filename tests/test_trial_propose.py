@@ -48,7 +48,7 @@ def test_trial_features_are_logged_per_action_and_match_a_direct_trial(svc, fami
     event = svc.store.event(p.event_id)
     logged = {(a["candidate"], a["arm"]): a["features"] for a in event["actions"]}
     runner = TrialRunner(family["base"], family["a"], family["b"], PROBES, PROBES, device="cpu",
-                         cache_dir=tmp_path / "home" / "probe-outputs")
+                         cache_dir=tmp_path / "home" / "cache")
     assert runner.reference_cache_hits == 2  # the propose computed and cached both references
     spec = {a.name: a for a in svc.arms()}
     for arm in ("linear", "ties"):
