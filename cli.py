@@ -559,6 +559,9 @@ def _progress_bar(total: int, quiet: bool):
 @click.option("--jobs", type=int, default=1, show_default=True, help="Processes to spread the runs over.")
 @click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples (--logged).")
 @click.option("--seed", default="0", show_default=True, help="Seed for --logged's randomness, 0 to 2^63 - 1.")
+@click.option("--default-rewards", type=click.Choice(["keep", "drop"]), default="keep", show_default=True,
+              help="--logged: keep the server's reward-window default rewards, or drop them (their events "
+                   "count as unrewarded).")
 @click.option("--passes", type=int, default=1, show_default=True,
               help="The table's requests recur this many times, each pass in a fresh order (read the last half).")
 @click.option("--group-orders", is_flag=True,
@@ -567,8 +570,8 @@ def _progress_bar(total: int, quiet: bool):
               help="Fit an intercept-only prior on this outcome table; replay each policy without and with it.")
 @db_option
 @json_option
-def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, passes,
-           group_orders, prior_table, db_path, as_json):
+def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, jobs, bootstrap, seed, default_rewards,
+           passes, group_orders, prior_table, db_path, as_json):
     """Evaluate policies offline: on an outcome table, or on a decision log."""
     # The policies' matrices are small; threaded BLAS only makes the replay processes fight
     # over the cores. Effective when numpy is not loaded yet, as in a fresh `bandit` process.
@@ -582,6 +585,8 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
     if (outcomes is None) == (logged is None):
         raise BanditError("give exactly one of --outcomes FILE or --logged [FILE]")
     policies = list(policies) or list(DEFAULT_REPLAY_POLICIES)
+    if outcomes is not None and default_rewards != "keep":
+        raise BanditError("--default-rewards applies to --logged only (an outcome table has no default rewards)")
     if logged is not None:
         if add_arm_at or new_task_at or plot or passes != 1 or group_orders or prior_table:
             raise BanditError("--add-arm-at, --new-task-at, --plot, --passes, --group-orders and --prior "
@@ -589,9 +594,11 @@ def replay(outcomes, logged, policies, seeds, add_arm_at, new_task_at, plot, job
         if logged:
             from bandit.offline.ope import evaluate_log_source
 
-            rep = evaluate_log_source(policies, logged, None, seed=seed, bootstrap=bootstrap)
+            rep = evaluate_log_source(policies, logged, None, seed=seed, bootstrap=bootstrap,
+                                      default_rewards=default_rewards)
         else:
-            rep = _service(db_path, create=False).evaluate_logged(policies, None, seed=seed, bootstrap=bootstrap)
+            rep = _service(db_path, create=False).evaluate_logged(policies, None, seed=seed, bootstrap=bootstrap,
+                                                                  default_rewards=default_rewards)
         emit_json(rep) if as_json else click.echo(render.logged(rep))
         return
     from bandit.offline.replay import AddArm, NewTask, parse_scenario_arg, replay_outcomes
@@ -715,9 +722,9 @@ def fit_cmd(table_path, strength, zoo_table, replace, clear, db_path, as_json):
         emit_json(record)
         return
     click.echo(render.fitted_prior(record))
-    if record["policy"] and record["policy"]["name"] in ("pooled", "hybrid", "vw"):
+    if record["policy"] and record["policy"]["name"] in ("hybrid", "vw"):
         click.echo(f"note: the live policy {record['policy']['name']} learns from the log and does not use the prior; "
-                   "linucb, lints and egreedy do", err=True)
+                   "pooled, linucb, lints and egreedy do", err=True)
 
 
 @main.group()

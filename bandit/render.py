@@ -241,6 +241,10 @@ def replay(rep: dict) -> str:
 
 def logged(rep: dict) -> str:
     out = [f"decision log {rep['source']}"]
+    defaults = rep.get("default_rewards") or {"count": 0}
+    if defaults["count"] or rep.get("expired"):
+        out.append(f"{defaults['count']} default reward(s) of the reward window "
+                   f"({defaults.get('treatment', 'kept')}), {rep.get('expired', 0)} expired event(s) (never rewarded)")
     for t in rep["targets"]:
         out.append(f"\ntarget {t['policy']}: {t['rewarded']} rewarded of {t['events']} events, logged mean reward "
                    f"{t['logged_mean_reward']:.4f}, effective sample size {t['effective_sample_size']:.1f}")

@@ -60,6 +60,25 @@ def synthetic_table(seed: int = 0, rows: int = 90, signal_noise: float = 0.05):
     return t.arms, t.contexts(), features, t.R
 
 
+def classification_table(name: str, rows: int = 300, seed: int = 0):
+    """A table from outside model merging: a scikit-learn toy classification dataset made a
+    bandit the usual way (Dudík et al. 2011) — each class an arm, reward 1 for the true class,
+    contexts the standardised features. No trial signals. Needs scikit-learn (not a
+    dependency of simmerge; `pip install scikit-learn`)."""
+    from sklearn import datasets
+
+    data = getattr(datasets, f"load_{name}")()
+    rng = np.random.default_rng([seed, 11])
+    take = rng.permutation(len(data.target))[:rows]
+    X, y = data.data[take].astype(np.float64), data.target[take]
+    X = (X - X.mean(axis=0)) / np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+    classes = sorted(set(int(c) for c in data.target))
+    arms = [f"class{c}" for c in classes]
+    contexts = [{f"x{j}": float(v) for j, v in enumerate(row)} for row in X]
+    R = (y[:, None] == np.array(classes)[None, :]).astype(np.float64)
+    return arms, contexts, [{a: {} for a in arms} for _ in contexts], R
+
+
 def make(name: str):
     """`NAME[+trial]`: a registered policy with its defaults; `pooled-ts` is pooled with
     Thompson sampling. `+trial` gives the policy the actions' trial signals."""
@@ -110,13 +129,21 @@ def main() -> None:
     ap.add_argument("--table", help="outcome table (CSV/JSONL) with r: and f: columns (a: optional)")
     ap.add_argument("--zoo", help="zoo folder whose per-action trial features fill the a: columns")
     ap.add_argument("--synthetic", action="store_true", help="the synthetic generator's table instead")
+    ap.add_argument("--classification", metavar="NAME",
+                    help="a scikit-learn toy dataset as a bandit table (iris, wine, breast_cancer, digits)")
+    ap.add_argument("--synthetic-seed", type=int, default=0, help="which synthetic table (its generator seed)")
+    ap.add_argument("--signal-noise", type=float, default=0.05, help="sd of the synthetic trial signal's noise")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--recurrence", type=int, default=10)
     ap.add_argument("--policies", default="pooled+trial,pooled,signal,linucb")
     args = ap.parse_args()
     if args.synthetic:
-        arms, contexts, features, R = synthetic_table()
-        label = "synthetic (90 rows, signal = noiseless reward + N(0, 0.05²))"
+        arms, contexts, features, R = synthetic_table(args.synthetic_seed, signal_noise=args.signal_noise)
+        label = (f"synthetic seed {args.synthetic_seed} (90 rows, signal = noiseless reward "
+                 f"+ N(0, {args.signal_noise:g}²))")
+    elif args.classification:
+        arms, contexts, features, R = classification_table(args.classification)
+        label = f"{args.classification} (scikit-learn) as a bandit: {len(arms)} classes, reward 1 for the true class"
     elif args.table:
         arms, contexts, features, R = load_table(args.table, args.zoo)
         label = args.table

@@ -15,6 +15,10 @@ machine the wall time also counts waiting for a core, the CPU time much less so,
 ratio to the floor is printed for both. --root measures the `merging` package of another
 checkout (e.g. an older commit) with the same checkpoints and floor.
 
+--threads pinned,free runs our merge twice per operator, interleaved: with the engine's
+intra-op threads pinned (merging.engine.INTRA_OP_THREADS, the default) and with torch's
+own thread count, to show what the pinning does on this machine at its current load.
+
 Not a test: it takes minutes and a few GB of disk. Figures depend on what else runs.
 """
 from __future__ import annotations
@@ -117,6 +121,9 @@ OUR_CHILD = """
 import sys, json, time
 import torch  # started before run_merge's clock: its seconds are the merge alone
 sys.path.insert(0, {root!r})
+import merging.engine
+if {free!r}:
+    merging.engine.INTRA_OP_THREADS = None  # torch's own thread count
 from merging.recipe import Recipe
 from merging.engine import run_merge
 recipe = Recipe.load({recipe!r})
@@ -194,6 +201,8 @@ def main() -> None:
     ap.add_argument("--mergekit", default=shutil.which("mergekit-yaml") or "/tmp/mk/bin/mergekit-yaml",
                     help="mergekit-yaml executable (skipped when missing).")
     ap.add_argument("--root", default=str(ROOT), help="Checkout whose merging package is measured.")
+    ap.add_argument("--threads", default="pinned",
+                    help="Comma-separated variants of our merge: pinned (the engine's default), free (torch's own count).")
     ap.add_argument("--no-tie-order-check", dest="tie_order_check", action="store_false",
                     help="Skip re-running TIES with a full sort's tie order (slow: sorts every tensor).")
     args = ap.parse_args()
@@ -217,18 +226,24 @@ def main() -> None:
             recipe = work / size / f"{op}.yml"
             recipe.write_text(recipe_yaml(op, models))
             ours_out = work / size / f"ours-{op}"
-            shutil.rmtree(ours_out, ignore_errors=True)
-            child = OUR_CHILD.format(root=str(Path(args.root).resolve()), recipe=str(recipe), out=str(ours_out))
-            t_ours, cpu_ours, rss_ours, stdout = measure([sys.executable, "-c", child])
-            # The merge itself, without the interpreter and torch starting up.
-            report = json.loads(stdout)
-            t_merge, cpu_merge = report["seconds"], report["cpu_seconds"]
-            row = {"size": size, "op": op, "floor_s": floor, "floor_cpu_s": floor_cpu, "ours_s": t_ours,
-                   "ours_cpu_s": cpu_ours, "ours_merge_s": t_merge, "ours_merge_cpu_s": cpu_merge,
-                   "ours_rss_mb": rss_ours}
-            line = (f"{op:7s} I/O floor {floor:5.2f} s wall ({floor_cpu:5.2f} s CPU) | ours {t_ours:6.2f} s wall "
+            line, row = "", {"size": size, "op": op, "floor_s": floor, "floor_cpu_s": floor_cpu}
+            for variant in args.threads.split(","):
+                shutil.rmtree(ours_out, ignore_errors=True)
+                child = OUR_CHILD.format(root=str(Path(args.root).resolve()), recipe=str(recipe), out=str(ours_out),
+                                         free=variant == "free")
+                t_ours, cpu_ours, rss_ours, stdout = measure([sys.executable, "-c", child])
+                # The merge itself, without the interpreter and torch starting up.
+                report = json.loads(stdout)
+                t_merge, cpu_merge = report["seconds"], report["cpu_seconds"]
+                tag = "" if variant == "pinned" else f"_{variant}"
+                row.update({f"ours{tag}_s": t_ours, f"ours{tag}_cpu_s": cpu_ours, f"ours{tag}_merge_s": t_merge,
+                            f"ours{tag}_merge_cpu_s": cpu_merge, f"ours{tag}_rss_mb": rss_ours,
+                            f"load{tag}": os.getloadavg()[0]})
+                line += ("" if not line else "\n        ") + (
+                    f"{op:7s} I/O floor {floor:5.2f} s wall ({floor_cpu:5.2f} s CPU) | ours[{variant}] {t_ours:6.2f} s wall "
                     f"({cpu_ours:6.2f} s CPU), run_merge {t_merge:6.2f} s wall = {t_merge / floor:5.2f}x floor, "
-                    f"{cpu_merge:6.2f} s CPU = {cpu_merge / floor_cpu:5.2f}x floor CPU, peak RSS {rss_ours:5.0f} MB")
+                    f"{cpu_merge:6.2f} s CPU = {cpu_merge / floor_cpu:5.2f}x floor CPU, peak RSS {rss_ours:5.0f} MB, "
+                    f"load {os.getloadavg()[0]:.1f}")
             if have_mergekit:
                 theirs_out = work / size / f"mergekit-{op}"
                 shutil.rmtree(theirs_out, ignore_errors=True)
@@ -236,9 +251,12 @@ def main() -> None:
                 t_mk, cpu_mk, rss_mk, _ = measure([args.mergekit, str(recipe), str(theirs_out)], env=env)
                 row.update(mergekit_s=t_mk, mergekit_cpu_s=cpu_mk, mergekit_rss_mb=rss_mk,
                            match=compare(ours_out, theirs_out))
-                line += (f"\n        mergekit {t_mk:6.2f} s wall ({cpu_mk:6.2f} s CPU), peak RSS {rss_mk:5.0f} MB"
-                         f" | ratios ours/mergekit: wall {t_ours / t_mk:4.2f}, CPU {cpu_ours / cpu_mk:4.2f}, "
-                         f"RSS {rss_ours / rss_mk:4.2f}\n        outputs: {row['match']}")
+                line += f"\n        mergekit {t_mk:6.2f} s wall ({cpu_mk:6.2f} s CPU), peak RSS {rss_mk:5.0f} MB"
+                for variant in args.threads.split(","):
+                    tag = "" if variant == "pinned" else f"_{variant}"
+                    line += (f"\n        ratios ours[{variant}]/mergekit: wall {row[f'ours{tag}_s'] / t_mk:4.2f}, "
+                             f"CPU {row[f'ours{tag}_cpu_s'] / cpu_mk:4.2f}, RSS {row[f'ours{tag}_rss_mb'] / rss_mk:4.2f}")
+                line += f"\n        outputs: {row['match']}"
                 if op == "ties" and args.tie_order_check:
                     row["match_with_sort_tie_order"] = compare_ties_sort_order(models, theirs_out)
                     line += f"\n        with a full sort's tie order at the trim threshold: {row['match_with_sort_tie_order']}"

@@ -1,12 +1,16 @@
 """Service speed: in-process propose+reward cycles per second, `bandit reward` start-up,
-and propose latency against the length of the log, for every policy.
+and propose latency against the length of the log, for every policy, and `stats` latency
+against the length of the log.
 
     python benchmarks/bench_service.py [--cycles 3000] [--runs 15] [--large 100000]
         [--policies linucb,lints,egreedy,hybrid,vw,random,fixed] [--skip-cycles] [--skip-reward]
+        [--skip-latency] [--skip-stats]
 
 Prints figures and ratios; targets: ≥ 2,000 cycles/s with d = 32 features and K = 20
-arms on a file database, `bandit reward` wall time ≤ 3× `python -c "import sqlite3"`, and
-propose latency at --large logged rewards ≤ 1.5× that at 100, per policy.
+arms on a file database, `bandit reward` wall time ≤ 3× `python -c "import sqlite3"`,
+propose latency at --large logged rewards ≤ 1.5× that at 100, per policy, and `stats`
+latency (a new process's, and a long-lived one's as the log grows) at --large ≤ 1.5× at 100
+(the dashboard page's latency is printed beside it).
 """
 from __future__ import annotations
 
@@ -126,6 +130,61 @@ def latency_table(tmp: str, large: int, policies: list[str], proposals: int) -> 
               f"{small[0]:>9.2f}s {big[0]:>13.2f}s {big[1]:>12.3f}s  (target ratio <= 1.5)", flush=True)
 
 
+def stats_latency(db: str, calls: int) -> tuple[float, float, float, float]:
+    """(seconds of the first stats ever computed on this log, seconds of a new process's
+    first stats, median seconds of a long-lived process's stats with one new rewarded
+    proposal between calls, and median seconds of the server's dashboard page (its data
+    and HTML, views kept between refreshes as the server keeps them) in the same loop)."""
+    import random
+
+    from bandit.server.dashboard import collect, render_page
+    from bandit.service import Service
+    from bandit.service.monitor import ArmShares, RewardCurves
+
+    svc = Service(db)
+    t0 = time.perf_counter()
+    svc.stats()
+    first_ever = time.perf_counter() - t0
+    svc.store.close()
+    firsts = []
+    for _ in range(7):  # a new process's first call, from the stored summary (median of 7)
+        other = Service(db)
+        t0 = time.perf_counter()
+        other.stats()
+        firsts.append(time.perf_counter() - t0)
+        other.store.close()
+    new_process = statistics.median(firsts)
+    other = Service(db)
+    rng = random.Random(2)
+    curves, shares = RewardCurves(), ArmShares()
+    collect(other, curves, shares)  # the server's first refresh reads the log once
+    times, pages = [], []
+    for i in range(calls):
+        p = other.propose("bench", {f"f{j}": rng.uniform(-1, 1) for j in range(4)}, seed=i)
+        other.reward(p.event_id, rng.uniform(0, 1))
+        t0 = time.perf_counter()
+        other.stats()
+        times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        render_page(collect(other, curves, shares))
+        pages.append(time.perf_counter() - t0)
+    other.store.close()
+    return first_ever, new_process, statistics.median(times), statistics.median(pages)
+
+
+def stats_table(tmp: str, large: int, calls: int) -> None:
+    dbs = {}
+    for n in (100, large):
+        dbs[n] = os.path.join(tmp, f"stats{n}.db")
+        logged_database(dbs[n], n)
+    small, big = stats_latency(dbs[100], calls), stats_latency(dbs[large], calls)
+    print(f"stats latency at 100 vs {large:,} logged rewards (target ratio <= 1.5):")
+    for i, what in enumerate(("first ever on the log", "a new process's first (med. 7)", f"long-lived, median of {calls}",
+                              "dashboard page (data + HTML)")):
+        print(f"  {what:<31} {small[i] * 1000:>9.2f} ms {big[i] * 1000:>10.2f} ms  ratio {big[i] / small[i]:>7.2f}x",
+              flush=True)
+
+
 def wall(cmd: list[str], runs: int, env: dict) -> float:
     times = []
     for _ in range(runs):
@@ -145,6 +204,8 @@ def main() -> None:
     ap.add_argument("--skip-cycles", action="store_true")
     ap.add_argument("--skip-reward", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-stats", action="store_true")
+    ap.add_argument("--stats-calls", type=int, default=50)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
@@ -154,6 +215,8 @@ def main() -> None:
                   f"(target >= 2,000: {rate / 2000:.2f}x of target)", flush=True)
         if not args.skip_latency:
             latency_table(tmp, args.large, [p for p in args.policies.split(",") if p], args.proposals)
+        if not args.skip_stats:
+            stats_table(tmp, args.large, args.stats_calls)
         if args.skip_reward:
             return
 

@@ -26,7 +26,7 @@ from bandit.offline.outcomes import group_pair_orders, read_outcomes, synthetic_
 from bandit.offline.prior import fit_prior  # noqa: E402
 from bandit.offline.replay import interval, replay, run_metrics  # noqa: E402
 
-POLICIES = ["linucb", "lints", "egreedy"]
+POLICIES = ["pooled", "linucb", "lints", "egreedy"]
 
 
 def load(path: str):

@@ -32,6 +32,7 @@ from merging.errors import MergeError
 from merging.output import RECIPE_JSON, RECIPE_YAML, PartialFolder, merged_config, write_side_files
 from merging.recipe import InputGroup, Recipe, ResolvedRecipe
 from merging.registry import OperatorParams, load_plugin
+from merging.vocabulary import Vocabulary, align_rows, build_vocabulary, resolve_overrides
 from merging.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
 
 __all__ = ["run_merge", "plan_merge", "MergeResult", "MergePlan", "TensorJob", "RECIPE_JSON", "RECIPE_YAML"]
@@ -44,6 +45,15 @@ READ_AHEAD_BYTES = 256 * 1024 * 1024
 # A transformer block's tensors: PREFIX.N.REST (model.layers.3.mlp..., transformer.h.3...).
 LAYER_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|layer|blocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# torch's intra-op threads while a merge runs on the CPU (None: torch's own setting). The
+# engine already overlaps reading, merging and writing on three threads; on top of that,
+# every parallel region of an operator waits at a barrier for its worker threads, and when
+# the cores are busy (our own reader and writer, or anything else running) that wait
+# dominates: a TIES merge of 2 tensors took 3-10x the wall and CPU time with 2 threads as
+# with 1 at every size from 131k to 33M entries on a loaded 2-core machine
+# (benchmarks/bench_merge.py --threads compares). One thread also makes reductions (sums
+# in DARE/DELLA rescaling, Model Stock) independent of the machine's core count.
+INTRA_OP_THREADS: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class TensorJob:
     rows: int | None          # inputs cut to their first `rows` rows (vocab mismatch)
     st_dtype: str             # output dtype, safetensors spelling
     floating: bool            # False: copied from the first input, no math
+    align: bool = False       # rows re-ordered to the output vocabulary (merging.vocabulary)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class MergePlan:
     jobs: list[TensorJob]
     vocab_rows: int | None         # set when --allow-vocab-mismatch cut the vocabulary
     layers: int | None             # output layer count when slices changed it
+    vocabulary: Vocabulary | None = None  # the output tokenizer when the recipe names one
 
     @property
     def uses_base(self) -> bool:
@@ -120,6 +132,24 @@ class _Planner:
         self._index: dict[str, int] = {}
         self.vocab_rows: int | None = None
         self.jobs: list[TensorJob] = []
+        self.vocabulary: Vocabulary | None = None
+
+    def build_vocabulary(self) -> None:
+        """The output tokenizer, when the recipe names one that has tokenizer files."""
+        settings = self.recipe.tokenizer_settings
+        if settings is None:
+            return
+        if settings.source == "base" and self.resolved.base is None:
+            raise MergeError("tokenizer_source: base, but the recipe has no base_model")
+        referenced = self.recipe.referenced_models()
+        sizes = {}
+        for path in referenced:
+            ckpt = self.inputs[self.open(path)]
+            size = ckpt.config.get("vocab_size")
+            if size is None and isinstance(ckpt.config.get("text_config"), dict):
+                size = ckpt.config["text_config"].get("vocab_size")
+            sizes[os.path.realpath(path)] = size if isinstance(size, int) and not isinstance(size, bool) else None
+        self.vocabulary = build_vocabulary(settings, self.recipe.base, referenced, sizes)
 
     def open(self, path: str) -> int:
         key = os.path.realpath(path)
@@ -142,7 +172,12 @@ class _Planner:
         infos = [ck.tensors[src] for ck, src in zip(ckpts, sources)]
         shapes = [i.shape for i in infos]
         rows = None
-        if len(set(shapes)) > 1:
+        align = self.vocabulary is not None and name.endswith(VOCAB_SUFFIXES) and bool(shapes[0])
+        if align:
+            if len({s[1:] for s in shapes}) != 1 or len({len(s) for s in shapes}) != 1:
+                raise MergeError(f"tensor {name!r}: the inputs' rows differ in width ({[list(s) for s in shapes]})")
+            rows_out = self.vocabulary.rows
+        elif len(set(shapes)) > 1:
             same_tail = len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
             if self.allow_vocab_mismatch and same_tail and name.endswith(VOCAB_SUFFIXES) and shapes[0]:
                 rows = min(s[0] for s in shapes)
@@ -164,7 +199,10 @@ class _Planner:
         else:
             out_dtype = infos[0].dtype
         shape = (rows,) + tuple(shapes[0][1:]) if rows is not None else tuple(shapes[0])
-        self.jobs.append(TensorJob(name, tuple(zip(members, sources)), has_base, params, shape, rows, out_dtype, floating))
+        if align:
+            shape = (rows_out,) + tuple(shapes[0][1:])
+        self.jobs.append(TensorJob(name, tuple(zip(members, sources)), has_base, params, shape, rows, out_dtype, floating,
+                                   align and floating))
 
     def lm_head_sources(self, members: list[int], out_ties: bool) -> list[str] | None:
         """Where each input's lm_head comes from (its tied embeddings if it has none), or
@@ -191,7 +229,7 @@ class _Planner:
         reference = self.inputs[members[0]]
         config_source = self.inputs[self.open(self.resolved.config_source)]
         check_same_architecture(reference, [self.inputs[i] for i in members[1:]],
-                                vocab_rows_may_differ=self.allow_vocab_mismatch)
+                                vocab_rows_may_differ=self.allow_vocab_mismatch or self.vocabulary is not None)
         count = layer_count(reference)
         names = [n for n in sorted(reference.tensors, key=lambda n: (reference.tensors[n].file, reference.tensors[n].offset))
                  if n != LM_HEAD]
@@ -264,6 +302,7 @@ def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePl
     planner = _Planner(recipe, allow_vocab_mismatch)
     layers = None
     try:
+        planner.build_vocabulary()
         if planner.resolved.sliced:
             layers = planner.plan_slices()
         else:
@@ -275,7 +314,8 @@ def plan_merge(recipe: Recipe, *, allow_vocab_mismatch: bool = False) -> MergePl
     if not planner.jobs:
         raise MergeError(f"{planner.inputs[0].path}: no tensors to merge")
     config_source = planner.inputs[planner.open(planner.resolved.config_source)]
-    return MergePlan(planner.resolved, planner.inputs, config_source, planner.jobs, planner.vocab_rows, layers)
+    return MergePlan(planner.resolved, planner.inputs, config_source, planner.jobs, planner.vocab_rows, layers,
+                     planner.vocabulary)
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -416,6 +456,29 @@ def run_merge_to_state_dict(recipe: Recipe, *, device: str = "auto", allow_vocab
     return InMemoryMerge(sink.tensors, plan, recipe, time.perf_counter() - started)
 
 
+class _PinnedThreads:
+    """torch's intra-op thread count set to INTRA_OP_THREADS for a CPU merge, put back
+    after. The setting is process-wide: a merge running beside other torch work in the
+    same process slows that work's parallel regions down for its duration, no more."""
+
+    def __init__(self, cpu: bool):
+        import torch
+
+        self.torch = torch
+        self.previous = torch.get_num_threads()
+        self.pinned = cpu and INTRA_OP_THREADS is not None and INTRA_OP_THREADS != self.previous
+
+    def __enter__(self) -> "_PinnedThreads":
+        if self.pinned:
+            self.torch.set_num_threads(INTRA_OP_THREADS)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.pinned:
+            self.torch.set_num_threads(self.previous)
+        return False
+
+
 def _exact_cast(source, target) -> bool:
     """Does casting source to target keep every value? Then the cast can be skipped: the
     math runs in float32/float64 anyway."""
@@ -438,6 +501,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
     native = spec.native_inputs
 
     def load(job: TensorJob) -> list:
+        if job.align:
+            return load_aligned(job)
         tensors = []
         for index, src in job.reads:
             t = plan.inputs[index].tensor(src)
@@ -453,6 +518,23 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
                 break  # copied from the first input only
         return tensors
 
+    def load_aligned(job: TensorJob) -> list:
+        # Rows re-ordered to the output vocabulary in the inputs' dtype (after the recipe's
+        # dtype cast), as mergekit does, then moved to the compute dtype like any input.
+        vocabulary = plan.vocabulary
+        keys = [os.path.realpath(plan.inputs[index].path) for index, _ in job.reads]
+        raw = []
+        for index, src in job.reads:
+            t = plan.inputs[index].tensor(src)
+            if input_dtype is not None and not _exact_cast(t.dtype, input_dtype):
+                t = t.to(dtype=input_dtype)
+            raw.append(t)
+        aligned = align_rows(raw, [vocabulary.positions[k] for k in keys], vocabulary.rows,
+                             base=0 if job.has_base else None,
+                             overrides=resolve_overrides(vocabulary, keys, job.name))
+        del raw
+        return [t.to(device=dev) if native else t.to(device=dev, dtype=compute) for t in aligned]
+
     def input_bytes(job: TensorJob) -> int:
         numel = 1
         for s in job.shape:
@@ -464,7 +546,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"merge ({spec.name})", disable=not progress,
                file=sys.stderr, leave=False)
     pending: deque = deque()
-    with ThreadPoolExecutor(1, thread_name_prefix="merge-read") as reader, \
+    with _PinnedThreads(getattr(dev, "type", str(dev)) == "cpu"), \
+            ThreadPoolExecutor(1, thread_name_prefix="merge-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="merge-write") as writer_pool:
         ahead = reader.submit(load, jobs[0])
         try:

@@ -77,6 +77,8 @@ def references(r: Recipe) -> list[str]:
         refs.append(r.base)
     if r.tokenizer_source not in (None, "union", "base"):
         refs.append(r.tokenizer_source)
+    if r.tokenizer is not None:
+        refs += r.tokenizer.model_references()
     return refs
 
 
@@ -86,10 +88,11 @@ def with_paths(r: Recipe, where: dict[str, str]) -> Recipe:
         return where.get(p, p) if p is not None else None
 
     slices = tuple(RecipeSlice(tuple(SliceSource(fix(src.path), src.layer_range, src.params) for src in s.sources),
-                               fix(s.base), s.params) for s in r.slices)
+                               fix(s.base), s.params, s.residual_weight) for s in r.slices)
     tokenizer = r.tokenizer_source if r.tokenizer_source in (None, "union", "base") else fix(r.tokenizer_source)
     return replace(r, models=tuple(RecipeModel(fix(m.path), m.params) for m in r.models), base=fix(r.base),
-                   slices=slices, tokenizer_source=tokenizer)
+                   slices=slices, tokenizer_source=tokenizer,
+                   tokenizer=r.tokenizer.with_paths(fix) if r.tokenizer is not None else None)
 
 
 def run_recipe_file(path: str | os.PathLike, out_dir: str | os.PathLike, *, intermediate_dir: str | None = None,

@@ -106,11 +106,19 @@ def kth_largest(flat, k: int):
     finds how many entries lie above the bracket and the few inside it are selected
     exactly. Should the bracket miss (it is ~8 standard deviations wide), the full
     kthvalue is used, so the result is always exact."""
+    return _select(flat, k)[0]
+
+
+def _select(flat, k: int):
+    """(k-th largest value, its bracket) where the bracket, when the sampled path found the
+    value, is (count of entries above it, ascending indices of the entries inside it,
+    their values, the mask of the entries above it); None otherwise. top_k_mask builds
+    its mask from the bracket instead of passing over the whole tensor again."""
     import torch
 
     n = flat.numel()
     if n <= _SELECT_DIRECT:
-        return flat.kthvalue(n - k + 1).values
+        return flat.kthvalue(n - k + 1).values, None
     m = _SELECT_SAMPLE
     g = torch.Generator(device=flat.device).manual_seed(0x5EED)
     sample = flat[torch.randint(n, (m,), generator=g, device=flat.device)]
@@ -122,13 +130,16 @@ def kth_largest(flat, k: int):
     lo = sample.kthvalue(lo_rank).values
     hi = sample.kthvalue(hi_rank).values
     # count_nonzero: summing a bool tensor takes a slow path in torch on CPU.
-    above = int(torch.count_nonzero(flat > hi))
+    over = flat > hi
+    above = int(torch.count_nonzero(over))
     need = k - above
     if need >= 1:
-        band = flat[(flat >= lo) & (flat <= hi)]
-        if need <= band.numel():
-            return band.kthvalue(band.numel() - need + 1).values
-    return flat.kthvalue(n - k + 1).values
+        # [lo, hi] as (>= lo) and not (> hi): one more pass over the floats, not two.
+        inside = torch.nonzero((flat >= lo).logical_and_(over.logical_not())).squeeze(1)
+        if need <= inside.numel():
+            band = flat[inside]
+            return band.kthvalue(band.numel() - need + 1).values, (above, inside, band, over)
+    return flat.kthvalue(n - k + 1).values, None
 
 
 def top_k_mask(magnitude, k: int):
@@ -146,12 +157,23 @@ def top_k_mask(magnitude, k: int):
     if k >= n:
         return torch.ones_like(magnitude, dtype=torch.bool)
     flat = magnitude.reshape(-1)
-    threshold = kth_largest(flat, k)
-    mask = flat > threshold
-    missing = k - int(torch.count_nonzero(mask))
-    if missing > 0:
-        ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
-        mask[ties] = True
+    threshold, bracket = _select(flat, k)
+    if bracket is None:
+        mask = flat > threshold
+        missing = k - int(torch.count_nonzero(mask))
+        if missing > 0:
+            ties = torch.nonzero(flat == threshold).squeeze(1)[:missing]
+            mask[ties] = True
+    else:
+        # Entries above the threshold are those above the bracket and those inside it
+        # above the threshold; every entry equal to it lies inside: the ties are taken
+        # there, in index order, without another pass over the whole tensor.
+        above, inside, band, mask = bracket
+        greater = band > threshold
+        mask[inside[greater]] = True
+        missing = k - above - int(torch.count_nonzero(greater))
+        if missing > 0:
+            mask[inside[band == threshold][:missing]] = True
     return mask.view(magnitude.shape)
 
 

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from merging.chat_templates import template_text
 from merging.errors import MergeError
 
 RECIPE_JSON = "merge_recipe.json"
@@ -70,71 +71,53 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _tokenizer_folder(plan, recipe) -> Path:
-    """Where the tokenizer comes from: tokenizer_source base / a model path / union."""
-    source = recipe.tokenizer_source
-    default = plan.config_source.path
-    if source is None:
-        return default
+def _tokenizer_folder(plan, recipe) -> Path | None:
+    """Where the tokenizer files are copied from, or None when the merge built its own
+    tokenizer (plan.vocabulary.tokenizer, saved instead)."""
+    vocabulary = plan.vocabulary
+    if vocabulary is not None:
+        return vocabulary.copy_from
+    settings = recipe.tokenizer_settings
+    source = settings.source if settings is not None else None
+    if source is None or source == "union":
+        # union of inputs without tokenizer files: nothing to align, the config source's files
+        return Path(plan.config_source.path)
     if source == "base":
         if plan.resolved.base is None:
             raise MergeError("tokenizer_source: base, but the recipe has no base_model")
         return Path(plan.resolved.base)
-    if source == "union":
-        vocabularies = {str(ck.path): _vocabulary(ck.path) for ck in plan.inputs}
-        distinct = {json.dumps(v, sort_keys=True) for v in vocabularies.values() if v is not None}
-        if len(distinct) > 1:
-            raise MergeError("tokenizer_source: union of different vocabularies is not supported here "
-                             "(the inputs' tokenizer.json vocabularies differ)")
-        return default
     folder = Path(source)
     if not folder.is_dir():
         raise MergeError(f"tokenizer_source: {source!r} is not union, base or a model folder")
     return folder
 
 
-def _vocabulary(folder: Path) -> dict | None:
-    data = _read_json(Path(folder) / "tokenizer.json")
-    if data is None:
-        return None
-    model = data.get("model") or {}
-    vocab = model.get("vocab")
-    added = {t.get("content"): t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
-    return {"vocab": vocab, "added": added}
-
-
-def _check_tokenizer_matches(plan, folder: Path) -> None:
-    """The embeddings are merged row by row, so a tokenizer taken from elsewhere must have
-    the same vocabulary as the inputs (re-ordering rows to another vocabulary is not done)."""
-    wanted = _vocabulary(folder)
-    if wanted is None:
-        return
-    for ck in plan.inputs:
-        have = _vocabulary(ck.path)
-        if have is not None and have != wanted:
-            raise MergeError(f"tokenizer_source: {ck.path} has a different vocabulary from {folder}; "
-                             "re-ordering embedding rows to another vocabulary is not supported")
-
-
 def _chat_template(plan, recipe) -> str | None:
-    """The recipe's chat_template: 'auto' (the template most inputs use) or the template text."""
+    """The recipe's chat_template: 'auto' (the template most inputs use), a built-in name
+    (merging.chat_templates) or the template text."""
     value = recipe.chat_template
-    if value is None:
-        return None
+    if not value:
+        return None  # mergekit ignores an empty one too
     if value == "auto":
-        found = []
-        for ck in plan.inputs:
-            config = _read_json(ck.path / "tokenizer_config.json") or {}
-            template = config.get("chat_template")
-            if isinstance(template, str):
-                found.append(template)
+        found = [t.strip() for t in (_input_template(ck.path) for ck in plan.inputs) if t and t.strip()]
         if not found:
             return None
         return Counter(found).most_common(1)[0][0]
-    if "{{" in value or "{%" in value:
-        return value
-    raise MergeError(f"chat_template {value!r}: give 'auto' or the Jinja template text "
-                     "(named built-in templates are not shipped here)")
+    return template_text(value)
+
+
+def _input_template(folder: Path) -> str | None:
+    """A model's own chat template: chat_template.jinja, else tokenizer_config.json's."""
+    jinja = Path(folder) / "chat_template.jinja"
+    try:
+        if jinja.is_file() and not jinja.is_symlink():
+            return jinja.read_text()
+    except (OSError, UnicodeDecodeError):
+        pass
+    template = (_read_json(Path(folder) / "tokenizer_config.json") or {}).get("chat_template")
+    if isinstance(template, dict):  # several named templates: mergekit takes 'default'
+        template = template.get("default")
+    return template if isinstance(template, str) else None
 
 
 def merged_config(plan, recipe) -> dict:
@@ -148,6 +131,11 @@ def merged_config(plan, recipe) -> dict:
             config[k] = out_dtype
     if plan.vocab_rows is not None and "vocab_size" in config:
         config["vocab_size"] = plan.vocab_rows
+    if plan.vocabulary is not None:
+        if isinstance(config.get("text_config"), dict) and "vocab_size" not in config:
+            config["text_config"] = {**config["text_config"], "vocab_size": plan.vocabulary.rows}
+        else:
+            config["vocab_size"] = plan.vocabulary.rows
     if plan.layers is not None:
         for key in ("num_hidden_layers", "n_layer", "num_layers"):
             if key in config:
@@ -164,11 +152,12 @@ def write_side_files(plan, recipe, folder: Path, provenance: Mapping[str, Any] |
     config = merged_config(plan, recipe)
     _write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer_from = _tokenizer_folder(plan, recipe)
-    if recipe.tokenizer_source not in (None, "union"):
-        _check_tokenizer_matches(plan, tokenizer_from)
     for name in SIDE_FILES:
         origin = tokenizer_from if name in TOKENIZER_FILES else source.path
-        copy_regular_file(origin / name, folder / name)
+        if origin is not None:
+            copy_regular_file(origin / name, folder / name)
+    if tokenizer_from is None:
+        plan.vocabulary.tokenizer.save_pretrained(str(folder))
     template = _chat_template(plan, recipe)
     if template is not None:
         config_path = folder / "tokenizer_config.json"

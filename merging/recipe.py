@@ -24,19 +24,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from merging.chat_templates import template_text
 from merging.dtypes import canonical_dtype
 from merging.errors import MergeError
 from merging.registry import get_operator
 from merging.settings import check_setting, evaluate, is_varying, leaf_values
 from merging.spec import OperatorSpec
+from merging.vocabulary import TokenizerSettings
 
-MERGE_LAYOUT_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
-                     "tokenizer_source", "chat_template", "name", "seed"}
-OWN_LAYOUT_KEYS = {"operator", "params", "base", "models", "slices", "dtype", "out_dtype", "seed",
-                   "tokenizer_source", "chat_template", "name"}
-# mergekit keys that are understood but not implemented here: refused by name.
-UNSUPPORTED_KEYS = {"modules": "'modules' (multi-module models) is not supported; use models or slices",
-                    "tokenizer": "'tokenizer' (token-level embedding config) is not supported; use tokenizer_source"}
+MERGE_LAYOUT_KEYS = {"merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype", "out_dtype",
+                     "tokenizer_source", "tokenizer", "chat_template", "name", "seed"}
+OWN_LAYOUT_KEYS = {"operator", "params", "base", "models", "slices", "module", "module_params", "dtype", "out_dtype",
+                   "seed", "tokenizer_source", "tokenizer", "chat_template", "name"}
+# mergekit names the one module of a decoder-only language model "default"; models with
+# several (a vision tower beside the language model) are not merged here.
+SINGLE_MODULE = "default"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class RecipeSlice:
     sources: tuple[SliceSource, ...]
     base: str | None = None
     params: dict = field(default_factory=dict)
+    # mergekit 0.1.5 reads residual_weight and never uses it: kept so the recipe round-trips.
+    residual_weight: float | None = None
 
     @property
     def length(self) -> int:
@@ -102,31 +106,34 @@ class ResolvedRecipe:
     settings: dict
     groups: list[InputGroup]
     sliced: bool
+    module_settings: dict = field(default_factory=dict)
 
     @property
     def varies(self) -> bool:
         """Do any parameters depend on the tensor (gradients or filters)?"""
-        every = [self.settings] + [g.settings for g in self.groups] + [m for g in self.groups for m in g.model_settings]
+        every = [self.settings, self.module_settings] + [g.settings for g in self.groups] + \
+            [m for g in self.groups for m in g.model_settings]
         return any(is_varying(v) for s in every for v in s.values())
 
     def params_for(self, group: InputGroup, tensor_names: Sequence[str], t: float, name: str = "") -> dict[str, Any]:
         """Every parameter's value for one tensor: tensor_names[i] is the name read from
         models[i] (per-model filters match it), t the layer position in [0, 1]."""
-        return _evaluate_params(self.spec, self.settings, group, tensor_names, t, name)
+        return _evaluate_params(self.spec, (self.module_settings, self.settings), group, tensor_names, t, name)
 
 
-def _evaluate_params(spec: OperatorSpec, settings: dict, group: InputGroup, tensor_names: Sequence[str],
+def _evaluate_params(spec: OperatorSpec, outer: tuple[dict, ...], group: InputGroup, tensor_names: Sequence[str],
                      t: float, name: str) -> dict[str, Any]:
+    """outer: the scopes above the slice's, nearest first (the module's, the recipe's)."""
     shared: dict[str, Any] = {}
     own: list[dict[str, Any]] = [{} for _ in group.models]
     for p in spec.params:
         if not p.per_model:
-            value = _first(p.name, (group.settings, settings), name, t)
+            value = _first(p.name, (group.settings, *outer), name, t)
             if value is not None:
                 shared[p.name] = value
             continue
         for i, model_settings in enumerate(group.model_settings):
-            value = _first(p.name, (model_settings, group.settings, settings), tensor_names[i], t)
+            value = _first(p.name, (model_settings, group.settings, *outer), tensor_names[i], t)
             if value is not None:
                 own[i][p.name] = value
     where = f"operator {spec.name}" + (f", tensor {name!r}" if name else "")
@@ -160,6 +167,11 @@ class Recipe:
     tokenizer_source: str | None = None
     chat_template: str | None = None
     name: str | None = None
+    tokenizer: TokenizerSettings | None = None
+    # Written as `modules: {default: {models | slices, parameters}}`: the module's own
+    # parameters rank between a slice's and the recipe's.
+    module: str | None = None
+    module_params: dict = field(default_factory=dict)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -237,10 +249,18 @@ class Recipe:
         if not self.models and not self.slices:
             raise MergeError(f"operator {self.operator}: no models given")
         _check_settings(spec, self.params, "parameters", per_model_allowed=True)
+        if self.module is not None and self.module != SINGLE_MODULE:
+            raise MergeError(f"recipe: modules: {self.module!r} is not the one module of a language model "
+                             f"({SINGLE_MODULE!r}); multi-module models are not merged here")
+        _check_settings(spec, self.module_params, f"modules.{self.module}.parameters", per_model_allowed=True)
         if self.tokenizer_source is not None and not isinstance(self.tokenizer_source, str):
             raise MergeError("recipe: tokenizer_source must be union, base or a model path")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise MergeError("recipe: give tokenizer_source or tokenizer, not both")
         if self.chat_template is not None and not isinstance(self.chat_template, str):
             raise MergeError("recipe: chat_template must be a string")
+        if self.chat_template not in (None, "", "auto"):
+            template_text(self.chat_template)  # an unknown name fails here, before any work
         if self.slices:
             groups = [self._slice_group(spec, i, s) for i, s in enumerate(self.slices)]
             base = self.base
@@ -251,9 +271,11 @@ class Recipe:
             base, models = self.base, groups[0].models
             config_source = base if base is not None else self.models[0].path
         resolved = ResolvedRecipe(spec=spec, base=base, models=models, params={}, config_source=config_source,
-                                  settings=dict(self.params), groups=groups, sliced=bool(self.slices))
+                                  settings=dict(self.params), groups=groups, sliced=bool(self.slices),
+                                  module_settings=dict(self.module_params))
         first = groups[0]
-        params = _evaluate_params(spec, resolved.settings, first, [""] * len(first.models), 0.0, "")
+        params = _evaluate_params(spec, (resolved.module_settings, resolved.settings), first,
+                                  [""] * len(first.models), 0.0, "")
         return replace(resolved, params=params)
 
     def _models_group(self, spec: OperatorSpec) -> InputGroup:
@@ -303,6 +325,25 @@ class Recipe:
         self.resolve()
         return self
 
+    @property
+    def tokenizer_settings(self) -> TokenizerSettings | None:
+        """The output tokenizer's settings: the tokenizer section, or tokenizer_source alone."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_source is not None:
+            return TokenizerSettings(source=self.tokenizer_source)
+        return None
+
+    def referenced_models(self) -> list[str]:
+        """Every input model path, the base first, each once (by real path)."""
+        paths = ([self.base] if self.base is not None else []) + [m.path for m in self.models]
+        for s in self.slices:
+            paths += [src.path for src in s.sources] + ([s.base] if s.base is not None else [])
+        seen: dict[str, str] = {}
+        for p in paths:
+            seen.setdefault(os.path.realpath(p), p)
+        return list(seen.values())
+
     # -- own layout -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         out: dict[str, Any] = {
@@ -319,6 +360,11 @@ class Recipe:
         for key in ("tokenizer_source", "chat_template", "name"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_layout()
+        if self.module is not None:
+            out["module"] = self.module
+            out["module_params"] = dict(self.module_params)
         return out
 
     @classmethod
@@ -347,7 +393,9 @@ class Recipe:
                    dtype=data.get("dtype"), out_dtype=data.get("out_dtype"),
                    seed=_seed(data.get("seed")), slices=slices,
                    tokenizer_source=data.get("tokenizer_source"), chat_template=data.get("chat_template"),
-                   name=data.get("name"))
+                   name=data.get("name"), tokenizer=_tokenizer_from(data),
+                   module=_path_or_none(data.get("module"), "module"),
+                   module_params=_mapping(data.get("module_params"), "module_params"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -358,20 +406,29 @@ class Recipe:
         out: dict[str, Any] = {"merge_method": self.operator}
         if self.base is not None:
             out["base_model"] = self.base
+        inputs: dict[str, Any] = {}
         if self.slices:
-            out["slices"] = [_slice_to_dict(s, "model") for s in self.slices]
+            inputs["slices"] = [_slice_to_dict(s, "model") for s in self.slices]
         else:
-            out["models"] = []
+            inputs["models"] = []
             for m in self.models:
                 entry: dict[str, Any] = {"model": m.path}
                 if m.params:
                     entry["parameters"] = dict(m.params)
-                out["models"].append(entry)
+                inputs["models"].append(entry)
+        if self.module is not None:
+            if self.module_params:
+                inputs["parameters"] = dict(self.module_params)
+            out["modules"] = {self.module: inputs}
+        else:
+            out.update(inputs)
         if self.params:
             out["parameters"] = dict(self.params)
         for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template", "name"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_layout()
         try:
             randomized = get_operator(self.operator).randomized
         except MergeError:
@@ -389,10 +446,23 @@ class Recipe:
 
     @classmethod
     def _from_merge_layout(cls, data: Mapping[str, Any]) -> "Recipe":
-        for key, message in UNSUPPORTED_KEYS.items():
-            if key in data:
-                raise MergeError(f"recipe: {message}")
         _refuse_unknown(data, MERGE_LAYOUT_KEYS, "recipe")
+        module, module_params = None, {}
+        if "modules" in data:
+            if "models" in data or "slices" in data:
+                raise MergeError("recipe: give exactly one of models, slices or modules")
+            modules = data["modules"]
+            if not isinstance(modules, Mapping) or len(modules) != 1:
+                raise MergeError(f"recipe: 'modules' must hold one module ({SINGLE_MODULE!r}: the language model); "
+                                 "multi-module models are not merged here")
+            module, entry = next(iter(modules.items()))
+            module = str(module)
+            if not isinstance(entry, Mapping):
+                raise MergeError(f"recipe: modules.{module} must be a mapping with models or slices")
+            _refuse_unknown(entry, {"models", "slices", "parameters"}, f"recipe: modules.{module}")
+            module_params = _mapping(entry.get("parameters"), f"modules.{module}.parameters")
+            data = {**{k: v for k, v in data.items() if k != "modules"},
+                    **{k: v for k, v in entry.items() if k in ("models", "slices")}}
         models = []
         for i, m in enumerate(_list(data.get("models"), "models")):
             if isinstance(m, str):
@@ -409,7 +479,8 @@ class Recipe:
                    base=_path_or_none(data.get("base_model"), "base_model"),
                    dtype=data.get("dtype"), out_dtype=data.get("out_dtype"), seed=_seed(data.get("seed")),
                    slices=slices, tokenizer_source=data.get("tokenizer_source"),
-                   chat_template=data.get("chat_template"), name=data.get("name"))
+                   chat_template=data.get("chat_template"), name=data.get("name"), tokenizer=_tokenizer_from(data),
+                   module=module, module_params=module_params)
 
     @classmethod
     def from_yaml(cls, text: str) -> "Recipe":
@@ -480,6 +551,8 @@ def _slice_to_dict(s: RecipeSlice, path_key: str) -> dict:
         out["base" if own else "base_model"] = s.base
     if s.params:
         out["params" if own else "parameters"] = dict(s.params)
+    if s.residual_weight is not None:
+        out["residual_weight"] = s.residual_weight
     return out
 
 
@@ -487,9 +560,10 @@ def _slice_from(data: Any, i: int, path_key: str, base_key: str, params_key: str
     where = f"slices[{i}]"
     if not isinstance(data, Mapping):
         raise MergeError(f"recipe: {where} must be a mapping with sources")
-    if "residual_weight" in data:
-        raise MergeError(f"recipe: {where}: 'residual_weight' is not supported")
-    _refuse_unknown(data, {"sources", base_key, params_key}, f"recipe: {where}")
+    _refuse_unknown(data, {"sources", base_key, params_key, "residual_weight"}, f"recipe: {where}")
+    residual = data.get("residual_weight")
+    if residual is not None and (isinstance(residual, bool) or not isinstance(residual, (int, float))):
+        raise MergeError(f"recipe: {where}.residual_weight must be a number, got {residual!r}")
     sources = []
     for j, src in enumerate(_list(data.get("sources"), f"{where}.sources")):
         w = f"{where}.sources[{j}]"
@@ -502,7 +576,13 @@ def _slice_from(data: Any, i: int, path_key: str, base_key: str, params_key: str
             raise MergeError(f"recipe: {w}: layer_range must be two non-negative whole numbers [start, stop)")
         sources.append(SliceSource(src[path_key], (int(rng[0]), int(rng[1])), _mapping(src.get(params_key), f"{w}.{params_key}")))
     return RecipeSlice(tuple(sources), _path_or_none(data.get(base_key), f"{where}.{base_key}"),
-                       _mapping(data.get(params_key), f"{where}.{params_key}"))
+                       _mapping(data.get(params_key), f"{where}.{params_key}"),
+                       float(residual) if residual is not None else None)
+
+
+def _tokenizer_from(data: Mapping[str, Any]) -> TokenizerSettings | None:
+    value = data.get("tokenizer")
+    return None if value is None else TokenizerSettings.from_layout(value)
 
 
 def _refuse_unknown(data: Mapping, allowed: set, where: str) -> None:

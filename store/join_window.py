@@ -52,9 +52,12 @@ def pending_events(store: Store, limit: int = 50) -> list[dict]:
 
 
 def count_pending(store: Store) -> int:
+    # Every reward and every expiry names one event, at most once each, so the events left
+    # open are the events less the rewarded less the expired-and-unrewarded: three counts
+    # SQLite takes from its b-trees, instead of two lookups per event.
     return store._one(
-        "SELECT count(*) AS n FROM events e WHERE NOT EXISTS (SELECT 1 FROM rewards r WHERE r.event_id = e.id) "
-        "AND NOT EXISTS (SELECT 1 FROM expired_events x WHERE x.event_id = e.id)"
+        "SELECT (SELECT count(*) FROM events) - (SELECT count(*) FROM rewards) - (SELECT count(*) FROM expired_events x "
+        "WHERE NOT EXISTS (SELECT 1 FROM rewards r WHERE r.event_id = x.event_id)) AS n"
     )["n"]
 
 

@@ -16,6 +16,6 @@ def recent_events(store: Store, limit: int = 20) -> list[dict]:
     )
 
 
-def chosen_arms(store: Store) -> list[str]:
-    """The arm of every event, in event order."""
-    return [r["arm"] for r in store._all("SELECT arm FROM events ORDER BY id")]
+def chosen_arms_after(store: Store, event_id: int) -> list[dict]:
+    """The id and arm of every event after `event_id`, in event order."""
+    return store._all("SELECT id, arm FROM events WHERE id > ? ORDER BY id", (event_id,))

@@ -38,13 +38,24 @@ Version 2 (the server, `bandit serve`):
 Version 3 (trial merges):
 - model_probes(model, probes, probe_hash, created_at) — a model's own unlabeled probe
   texts (`models add --probes`), on which trial merges compare the merge with that model.
+
+Version 4 (stats that do not grow with the log):
+- stats_summary(id = 1, events_upto, rewards_upto, summary, updated_at) — derived data, a
+  cache: the per-arm statistics (`bandit stats`) of every event with id <= events_upto and
+  every reward with id <= rewards_upto, as JSON {"events": n, "arms": {arm: [proposals,
+  pulls, reward sum]}, "context": {feature: sum of the chosen contexts}}. The sums are
+  exact: integers in units of 2^-1074 (the smallest float64 step), written in hex. Ids
+  only grow and rows are never deleted, so the next reader adds what came after the two
+  cursors; deleting the row only makes the next `stats` read the whole log once.
+- rewards_default — a partial index of the default rewards, so counting them costs what
+  there are of them.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
 
-LATEST = 3
+LATEST = 4
 
 
 def _v1(db) -> None:
@@ -123,7 +134,17 @@ def _v3(db) -> None:
     )
 
 
-MIGRATIONS = {1: _v1, 2: _v2, 3: _v3}
+def _v4(db) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS stats_summary (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        "events_upto INTEGER NOT NULL, rewards_upto INTEGER NOT NULL, summary TEXT NOT NULL, updated_at FLOAT)"
+    )
+    # The dashboard counts default rewards on every refresh: a partial index holds just
+    # those (few), instead of a scan of every reward.
+    db.execute("CREATE INDEX IF NOT EXISTS rewards_default ON rewards(event_id) WHERE source = 'default'")
+
+
+MIGRATIONS = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -313,7 +313,9 @@ class Store:
         )
 
     def events(self, *, rewarded_only: bool = False, task: str | None = None) -> Iterator[dict]:
-        """Events in id order, each with its reward (or None)."""
+        """Events in id order, each with its reward (or None), where that came from
+        (`reward_source`: client or default, None without a reward) and when its reward
+        window closed with no reward (`expired_at`, None unless expired)."""
         where, params = [], []
         if rewarded_only:
             where.append("r.value IS NOT NULL")
@@ -321,8 +323,8 @@ class Store:
             where.append("e.task = ?")
             params.append(task)
         sql = (
-            "SELECT e.*, r.value AS reward, r.created_at AS rewarded_at FROM events e "
-            "LEFT JOIN rewards r ON r.event_id = e.id"
+            "SELECT e.*, r.value AS reward, r.created_at AS rewarded_at, r.source AS reward_source, x.expired_at "
+            "FROM events e LEFT JOIN rewards r ON r.event_id = e.id LEFT JOIN expired_events x ON x.event_id = e.id"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY e.id"
         )
@@ -393,6 +395,63 @@ class Store:
             "(SELECT count(*) FROM events e JOIN rewards r ON r.event_id = e.id WHERE e.arm = a.name) AS pulls, "
             "(SELECT avg(r.value) FROM events e JOIN rewards r ON r.event_id = e.id WHERE e.arm = a.name) AS mean_reward "
             "FROM arms a ORDER BY a.created_at, a.name"
+        )
+
+    # -- the stats summary (derived; see store/schema.py, version 4) ------------------------
+    @contextmanager
+    def reading(self) -> Iterator["Store"]:
+        """One read snapshot for several SELECTs (WAL: writers go on meanwhile); inside a
+        transaction, that transaction's view."""
+        if self._depth or self.conn.in_transaction:
+            yield self
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._rollback()  # nothing was written: ending the read is all it does
+
+    def stats_summary(self) -> dict | None:
+        return self._one("SELECT events_upto, rewards_upto, summary FROM stats_summary WHERE id = 1")
+
+    def put_stats_summary(self, events_upto: int, rewards_upto: int, summary: str, wait_ms: int = 100) -> bool:
+        """Store a summary unless the stored one covers more of the log. A cache write on a
+        read path: it waits at most `wait_ms` for the write lock and gives up (False) rather
+        than hold up a reader behind a long write, or fail a read on a read-only database or
+        a full disk."""
+        self.conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+        try:
+            self.conn.execute(
+                "INSERT INTO stats_summary(id, events_upto, rewards_upto, summary, updated_at) VALUES (1, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET events_upto = excluded.events_upto, rewards_upto = excluded.rewards_upto, "
+                "summary = excluded.summary, updated_at = excluded.updated_at "
+                "WHERE excluded.events_upto >= stats_summary.events_upto "
+                "AND excluded.rewards_upto >= stats_summary.rewards_upto",
+                (events_upto, rewards_upto, summary, time.time()),
+            )
+            return True
+        except StoreError as e:
+            text = getattr(e, "sqlite_message", "")
+            if any(word in text for word in ("locked", "busy", "readonly", "read-only", "full")):
+                return False
+            raise
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def chosen_after(self, event_id: int) -> Iterator[dict]:
+        """Events after `event_id` in id order, with just what their chosen action was: id,
+        arm, chosen, contexts and actions (decoded)."""
+        for r in self._stream("SELECT id, arm, chosen, contexts, actions FROM events WHERE id > ? ORDER BY id",
+                              (event_id,)):
+            r["contexts"] = json.loads(r["contexts"])
+            r["actions"] = json.loads(r["actions"])
+            yield r
+
+    def rewards_after(self, reward_id: int) -> Iterator[dict]:
+        """Rewards recorded after reward `reward_id`, in that order: id, value, the event's arm."""
+        return self._stream(
+            "SELECT r.id, r.value, e.arm FROM rewards r JOIN events e ON e.id = r.event_id WHERE r.id > ? ORDER BY r.id",
+            (reward_id,),
         )
 
     def count_events(self) -> int:

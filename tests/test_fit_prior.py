@@ -149,3 +149,33 @@ def test_an_arm_added_after_the_fit_starts_from_the_prior(tmp_path):
     with Store(db) as st:  # its starting statistics are λI again
         assert np.frombuffer(st.arm("ties_dense")["prior_A"], "<f8")[0] == 1.0
         assert np.frombuffer(st.arm("ties_dense")["prior_b"], "<f8")[0] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_the_default_pooled_policy_uses_the_prior_on_its_intercepts_and_clear_takes_it_back(tmp_path, table):
+    """pooled (the default) reads the loaded prior at decision time: the table's arm means
+    below its best arm (ties 0, linear −0.2) at the fitted strength 2 (its own
+    prior_strength() decides when they count; see test_pooled); the learned sums do not
+    change, so rebuild stays exact, and --clear empties it at once."""
+    db = str(tmp_path / "b.db")
+
+    def live_prior():
+        svc = Service(db)
+        try:
+            pol = svc.policy()
+            assert pol.name == "pooled"
+            return dict(pol.intercept_prior)
+        finally:
+            svc.store.close()
+
+    assert live_prior() == {}
+    res = run("fit", "--outcomes", table, "--db", db)
+    assert res.exit_code == 0 and "does not use the prior" not in res.output
+    got = live_prior()
+    assert set(got) == {"ties", "linear"}
+    assert got["ties"] == (0.0, 2.0) and got["linear"][0] == pytest.approx(-0.2) and got["linear"][1] == 2.0
+    for i, value in enumerate((0.4, 0.6, 0.5), start=1):
+        run("propose", "-t", "x", "--context-json", '{"s": 0.5}', "--seed", str(i), "--db", db)
+        assert run("reward", str(i), str(value), "--db", db).exit_code == 0
+    assert json.loads(run("rebuild", "--check", "--db", db, "--json").output)["mismatched"] == []
+    assert run("fit", "--clear", "--db", db).exit_code == 0
+    assert live_prior() == {}

@@ -99,7 +99,10 @@ def test_kth_largest_is_exact_on_large_tensors(values):
     n = values.numel()
     for k in (1, n // 100, n // 2, n - 5):
         assert ops.kth_largest(values, k) == values.kthvalue(n - k + 1).values, k
-        assert int(torch.count_nonzero(ops.top_k_mask(values, k))) == k
+        # the mask a stable descending sort gives: ties at the threshold in index order
+        want = torch.zeros(n, dtype=torch.bool)
+        want[torch.sort(-values, stable=True).indices[:k]] = True
+        assert torch.equal(ops.top_k_mask(values, k), want), k
 
 
 def test_ties_trimming_keeps_int_density_numel():
@@ -411,7 +414,15 @@ def test_recipe_slerp_with_base_among_models():
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {weight: [{filter: mlp, valeu: 1}]}}]\n",
      "unknown key 'valeu'"),
     ("merge_method: ties\nbase_model: b\nmodels: [{model: a, parameters: {density: [0.5, 1.5]}}]\n", "density must be <= 1.0"),
-    ("merge_method: ties\nbase_model: b\nmodules: {}\nmodels: [{model: a}]\n", "'modules'"),
+    ("merge_method: ties\nbase_model: b\nmodules: {}\nmodels: [{model: a}]\n", "exactly one of models, slices or modules"),
+    ("merge_method: ties\nbase_model: b\nmodules: {}\n", "'modules' must hold one module"),
+    ("merge_method: ties\nbase_model: b\nmodules: {vision_tower: {models: [{model: a}]}}\n", "multi-module models"),
+    ("merge_method: ties\nbase_model: b\nmodules: {default: {models: [{model: a}], weight: 1}}\n",
+     "modules.default: unknown key 'weight'"),
+    ("merge_method: ties\nbase_model: b\nmodules: {default: {models: [{model: a}], parameters: {lambda: [{valeu: 1}]}}}\n",
+     "unknown key 'valeu'"),
+    ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 1]}], residual_weight: x}]\n",
+     "residual_weight must be a number"),
     ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 2]}, "
      "{model: c, layer_range: [0, 3]}]}]\n", "same number of layers"),
     ("merge_method: ties\nbase_model: b\nslices: [{sources: [{model: a, layer_range: [0, 'x']}]}]\n", "layer_range"),

@@ -417,6 +417,49 @@ def test_policy_switch_relearns_once_and_matches_a_fresh_relearn(tmp_path, name)
     assert fresh.live.learned == 40
     assert relearned.arm == loaded.arm
     np.testing.assert_allclose([e["p"] for e in relearned.pmf], [e["p"] for e in loaded.pmf], rtol=1e-9, atol=1e-12)
+    assert not list(tmp_path.glob("*.lock"))  # the relearn locks are gone once released
+
+
+def test_snapshot_lock_excludes_while_its_file_is_removed_and_recreated(tmp_path):
+    """The relearn lock's holder removes its file before letting go; whoever waited on the
+    removed file must lock the new one, never run beside its holder."""
+    import threading
+    import time
+
+    from bandit.service.live import _exclusive
+
+    path = str(tmp_path / "x.db.hybrid.npz")
+    inside, overlaps, entries = [0], [], []
+    guard = threading.Lock()
+
+    def worker():
+        for _ in range(40):
+            with _exclusive(path):
+                with guard:
+                    inside[0] += 1
+                    overlaps.append(inside[0])
+                time.sleep(0.0005)
+                with guard:
+                    inside[0] -= 1
+                    entries.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(entries) == 160 and max(overlaps) == 1
+    assert not (tmp_path / "x.db.hybrid.npz.lock").exists()
+
+
+def test_a_lock_file_left_by_a_killed_process_is_taken_over_and_removed(tmp_path):
+    from bandit.service.live import _exclusive
+
+    stale = tmp_path / "x.db.vw.lock"
+    stale.write_text("")
+    with _exclusive(str(tmp_path / "x.db.vw")):
+        assert stale.exists()
+    assert not stale.exists()
 
 
 def test_log_fed_policy_reads_only_rewards_after_its_cursor(tmp_path, monkeypatch):

@@ -128,3 +128,116 @@ def test_an_action_without_trial_signals_is_scored_at_the_mean_signal_not_at_zer
                                 Action("ties", {"f": 0.3}, 0, {"trial_exact": mean_signal})])[0]
     assert bare == pytest.approx(at_mean, abs=1e-12)
     assert bare > 0.3  # near the rewards' mean (0.5), not shifted down by the anchor's 1 × 0.75
+
+
+def test_the_floor_decays_with_the_evidence_and_never_reaches_zero():
+    """ε_n = max(ε_min, ε·√(K/(K + n))): the pmf's smallest entry is ε_n / K exactly."""
+    from bandit.policies.pooled import PooledRidge
+
+    pol = PooledRidge(epsilon=0.05, epsilon_min=0.01)
+    for a in ["x", "y", "z", "w"]:
+        pol.add_arm(ArmSpec(a, "linear"))
+    acts = [Action(a, {"s": 0.1}, features={"trial_exact": v}) for a, v in zip("xyzw", [0.2, 0.9, 0.5, 0.1])]
+    rng = np.random.default_rng(0)
+    expected = {0: 0.05, 4: 0.05 * np.sqrt(4 / 8), 12: 0.05 * np.sqrt(4 / 16), 96: 0.01, 1000: 0.01}
+    seen = 0
+    for n, eps in expected.items():
+        while seen < n:
+            pol.learn_one("xyzw"[seen % 4], {"s": 0.1 * (seen % 3)}, 0.5, {"trial_exact": 0.3})
+            seen += 1
+        d = pol.decide(acts, rng)
+        assert d.pmf.min() == pytest.approx(eps / 4, rel=1e-12)
+        assert d.pmf.sum() == pytest.approx(1.0)
+    # epsilon=0 turns the floor off whatever epsilon_min says
+    off = PooledRidge(epsilon=0.0)
+    for a in "xyzw":
+        off.add_arm(ArmSpec(a, "linear"))
+    assert off.decide(acts, rng).pmf.min() == 0.0
+
+
+def test_an_intercept_prior_is_a_shifted_ridge_prior_on_each_arm_intercept():
+    """With offsets o_k worth m rewards, the intercepts solve the same ridge with prior
+    N(o_k, 1/(λ_b + m))·… — i.e. precision λ_b + m and mean m·o_k/(λ_b + m) — checked
+    against the numpy reference with that prior added."""
+    from bandit.policies.pooled import PooledRidge
+
+    arms, rows = _data(seed=5, n=40)
+    offsets, m = {"a": -0.2, "b": 0.15}, 2.0  # "c" has no column in the table
+    pol = PooledRidge(lam_intercept=1.0, lam_context=10.0, lam_action=2.0, epsilon=0.0)
+    for a in arms:
+        pol.add_arm(ArmSpec(a, "linear"))
+    for arm, x, g, r in rows:
+        pol.learn_one(arm, x, r, g)
+    before = pol.coefficients()
+    pol.set_intercept_prior(offsets, m)
+    assert pol.prior_strength() == 0.0  # two of its arms: it waits for a third (next test)
+    pol.prior_strength = lambda: m      # here: the solve at a given strength
+    coef = pol.coefficients()
+
+    X = np.array([[x["k"], x["m"]] for _, x, _, _ in rows])
+    G = np.array([[g["trial_exact"], g["trial_kl"]] for _, _, g, _ in rows])
+    r = np.array([r for *_, r in rows])
+    Z, H, c = (X - X.mean(0)) / X.std(0), G - G.mean(0), r.mean()
+    P = len(arms) * 3 + 2
+    D = np.zeros((len(rows), P))
+    for i, (arm, *_rest) in enumerate(rows):
+        k = arms.index(arm)
+        D[i, 3 * k], D[i, 3 * k + 1: 3 * k + 3], D[i, -2:] = 1.0, Z[i], H[i]
+    prec = np.array([1.0, 10.0, 10.0] * len(arms) + [2.0, 2.0])
+    shift = np.zeros(P)
+    shift[-2] = 2.0 * 1.0  # λ_β·β₀ on trial_exact
+    for arm, o in offsets.items():
+        k = arms.index(arm)
+        prec[3 * k] += m
+        shift[3 * k] += m * o
+    theta = np.linalg.solve(D.T @ D + np.diag(prec), D.T @ (r - c) + shift)
+    for k, arm in enumerate(arms):
+        assert coef["intercepts"][arm] == pytest.approx(theta[3 * k], abs=1e-9)
+    assert coef["beta"]["trial_exact"] == pytest.approx(theta[-2], abs=1e-9)
+    assert coef["intercepts"]["a"] < before["intercepts"]["a"] and coef["intercepts"]["b"] > before["intercepts"]["b"]
+    # strength 0 takes it back out exactly
+    del pol.prior_strength
+    pol.set_intercept_prior(offsets, 0.0)
+    assert pol.coefficients()["intercepts"] == before["intercepts"]
+    with pytest.raises(Exception, match="finite"):
+        pol.set_intercept_prior({"a": float("nan")}, 1.0)
+
+
+def test_a_prior_the_live_rewards_contradict_fades_and_one_they_confirm_keeps_its_strength():
+    """prior_strength() = min(m, σ²/τ̂²) once ≥ 3 of the prior's arms have rewards (0 before), τ̂² from the
+    spread of (live arm mean − prior offset) less σ²/n_k — checked against numpy, both ways."""
+    from bandit.policies.pooled import PooledRidge
+
+    rng = np.random.default_rng(4)
+    offsets = {"a": 0.0, "b": -0.1, "c": -0.2, "d": -0.3}
+    truth_agree = {"a": 0.6, "b": 0.5, "c": 0.4, "d": 0.3}
+    truth_clash = {"a": 0.3, "b": 0.6, "c": 0.5, "d": 0.6}
+
+    def fed(truth, n=12):
+        pol = PooledRidge()
+        for a in offsets:
+            pol.add_arm(ArmSpec(a, "linear"))
+        pol.set_intercept_prior(offsets, 2.0)
+        rewards = {a: truth[a] + 0.02 * rng.standard_normal(n) for a in offsets}
+        for i in range(n):
+            for a in offsets:
+                pol.learn_one(a, {"s": float(i % 3)}, float(rewards[a][i]))
+        return pol, rewards
+
+    for truth, fades in ((truth_agree, False), (truth_clash, True)):
+        pol, rewards = fed(truth)
+        means = {a: r.mean() for a, r in rewards.items()}
+        sigma2 = sum(((r - r.mean()) ** 2).sum() for r in rewards.values()) / (4 * 12 - 4)
+        d = np.array([means[a] - offsets[a] for a in offsets])
+        tau2 = d.var(ddof=1) - sigma2 / 12
+        expected = 2.0 if tau2 <= 0 else min(2.0, sigma2 / tau2)
+        assert pol.prior_strength() == pytest.approx(expected, rel=1e-9)
+        assert (pol.prior_strength() < 0.1) == fades
+    # two arms with rewards are too few to test the prior: it waits (strength 0)
+    pol = PooledRidge()
+    for a in offsets:
+        pol.add_arm(ArmSpec(a, "linear"))
+    pol.set_intercept_prior(offsets, 2.0)
+    pol.learn_one("a", {}, 0.1)
+    pol.learn_one("b", {}, 0.9)
+    assert pol.prior_strength() == 0.0

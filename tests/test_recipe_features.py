@@ -190,8 +190,8 @@ def test_chat_template_auto_and_literal(zoo, tmp_path):
                tmp_path / "lit")
     assert json.loads((tmp_path / "lit" / "tokenizer_config.json").read_text())["chat_template"] == \
         "{% for m in messages %}x{% endfor %}"
-    with pytest.raises(MergeError, match="named built-in templates"):
-        merge_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}]\nchat_template: chatml\n", tmp_path / "named")
+    with pytest.raises(MergeError, match="one of alpaca, chatml, exaone, llama3, mistral"):
+        merge_yaml(f"merge_method: linear\nmodels: [{{model: {zoo['a']}}}]\nchat_template: zephyr\n", tmp_path / "named")
     assert not (tmp_path / "named").exists()
 
 
@@ -278,3 +278,27 @@ def test_recipes_with_slices_gradients_and_filters_round_trip_both_layouts():
     assert got["weight"] == [0.5, 0.5] and got["normalize"] is False
     got = resolved.params_for(group, ["model.layers.0.attn.x", "model.layers.2.attn.x"], 0.25, "model.layers.1.attn.x")
     assert got["weight"] == [0.75, pytest.approx(0.35)]
+
+
+def test_modules_default_ranks_its_parameters_between_the_models_and_the_recipe(zoo, tmp_path):
+    text = textwrap.dedent(f"""
+        merge_method: linear
+        modules:
+          default:
+            models:
+              - {{model: {zoo['a']}, parameters: {{weight: 0.7}}}}
+              - {{model: {zoo['b']}}}
+            parameters:
+              weight: [{{filter: mlp, value: 0.2}}]
+        parameters: {{weight: 0.9, normalize: false}}
+        dtype: float32
+        """)
+    recipe = Recipe.from_yaml(text)
+    assert Recipe.from_yaml(recipe.to_yaml()) == recipe and Recipe.from_dict(json.loads(recipe.to_json())) == recipe
+    assert "modules" in yaml.safe_load(recipe.to_yaml())
+    run_merge(recipe, tmp_path / "m", device="cpu", progress=False)
+    a, b, got = (load_tensors(p) for p in (zoo["a"], zoo["b"], tmp_path / "m"))
+    for name in got:
+        # b: the module's filter where it matches (mlp), else the recipe's 0.9; no normalising
+        wb = 0.2 if "mlp" in name else 0.9
+        assert torch.allclose(got[name], 0.7 * a[name] + wb * b[name], atol=1e-6), name

@@ -169,7 +169,11 @@ def test_tasks_and_models(client, db, tmp_path):
     assert r.status_code == 201
     with Store(db) as st:
         assert st.model("ft")["fingerprint"] == r.json()["fingerprint"]
-    assert [m["name"] for m in client.get("/v1/models").json()] == ["base", "ft"]
+    # the facade's payload as is: a model registered without probes has no "probes" key
+    assert set(r.json()) == {"name", "path", "base", "fingerprint", "model_type", "architectures", "tensors", "bytes"}
+    listed = client.get("/v1/models").json()
+    assert [m["name"] for m in listed] == ["base", "ft"] and set(listed[0]) == {"name", "path", "base", "fingerprint",
+                                                                               "created_at"}
     assert client.post("/v1/models", json={"name": "x", "path": str(tmp_path / "none")}).status_code == 422
     assert client.post("/v1/models", json={"name": "y", "path": str(ft), "base": "ghost"}).status_code in (404, 422)
 
@@ -188,7 +192,7 @@ def test_health(client):
     _propose(client)
     h = client.get("/v1/health").json()
     assert h["status"] == "ok" and h["events"] == 1 and h["rewards"] == 0 and h["pending_rewards"] == 1
-    assert h["schema_version"] == 3 and h["reward_window"] is None
+    assert h["schema_version"] == 4 and h["reward_window"] is None
 
 
 # -- reward join window ---------------------------------------------------------------------
@@ -216,6 +220,9 @@ def test_window_default_reward_is_a_real_reward_that_rebuild_replays(db):
         assert client.get("/v1/rebuild").json() == {"arms": 8, "rewards": 2, "max_abs_diff": 0.0, "mismatched": [],
                                                     "written": False, "clean": True}
         assert client.get("/v1/health").json()["pending_rewards"] == 0
+        exported = {r["event_id"]: r for r in map(json.loads, client.get("/v1/events").text.splitlines())}
+        assert exported[old["event_id"]]["reward_source"] == "default"
+        assert exported[fresh["event_id"]]["reward_source"] == "client"
     with Store(db) as st:
         assert st.posterior("ridge", old["arm"])["n"] >= 1
         assert st.reward_row(fresh["event_id"])["source"] == "client"
@@ -229,7 +236,10 @@ def test_window_expiry_closes_the_event_and_teaches_nothing(db):
         assert _close_window(client, 61) == {"defaulted": [], "expired": [p["event_id"]]}
         r = client.post(f"/v1/events/{p['event_id']}/reward", json={"value": 0.5})
         assert r.status_code == 409 and "expired" in r.json()["error"]
-        assert client.get(f"/v1/events/{p['event_id']}").json()["expired_at"] is not None
+        expired_at = client.get(f"/v1/events/{p['event_id']}").json()["expired_at"]
+        assert expired_at is not None
+        (line,) = client.get("/v1/events").text.splitlines()
+        assert json.loads(line)["expired_at"] == expired_at and json.loads(line)["reward"] is None
     with Store(db) as st:
         assert st.count_rewards() == 0 and st.posterior("ridge", p["arm"]) == before
 
@@ -254,7 +264,12 @@ def test_token_required_and_constant_time(db):
             assert r.status_code == 401 and r.json() == {"error": "missing or wrong bearer token"}
             assert client.get("/", headers=headers).status_code == 401
         assert _counts(db) == (0, 0)
-        assert client.get("/v1/health").status_code == 200  # liveness stays open
+        # liveness stays open, but says nothing about the data without the token
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": token}):
+            r = client.get("/v1/health", headers=headers)
+            assert r.status_code == 200 and r.json() == {"status": "ok"}
+        full = client.get("/v1/health", headers={"Authorization": f"Bearer {token}"}).json()
+        assert full["status"] == "ok" and full["events"] == 0 and full["schema_version"] == 4 and "version" in full
         ok = client.post("/v1/propose", json={"task": "t", "context": {"a": 1}},
                          headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and _counts(db) == (1, 0)
@@ -316,3 +331,25 @@ def test_the_running_server_sweeps_the_window_itself(db):
         assert ev["reward"] == 0.25 and ev["reward_source"] == "default"
         assert client.get("/v1/health").json()["reward_window"] == {"seconds": 0.3, "default_reward": 0.25,
                                                                      "on_timeout": "default_reward"}
+
+
+def test_response_models_are_the_facade_records():
+    """The OpenAPI document's response shapes are made from bandit/service/records.py: a
+    field added to a record is documented at once."""
+    import dataclasses
+
+    from bandit.server import schemas
+    from bandit.service import records
+
+    pairs = {schemas.Proposal: records.Proposal, schemas.Arm: records.Arm, schemas.PolicyView: records.PolicyInfo,
+             schemas.ArmStats: records.ArmStats, schemas.ModelAdded: records.Model,
+             schemas.ModelRow: records.ModelRow, schemas.TaskRow: records.TaskRow,
+             schemas.TaskAdded: records.Task, schemas.Rebuild: records.RebuildReport}
+    for model, record in pairs.items():
+        names = [f.name for f in dataclasses.fields(record)]
+        assert list(model.model_fields)[:len(names)] == names
+        for f in dataclasses.fields(record):
+            field = model.model_fields[f.name]
+            assert field.is_required() == (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    assert list(schemas.Rebuild.model_fields) == [*(f.name for f in dataclasses.fields(records.RebuildReport)), "clean"]
+    assert schemas.Proposal.model_fields["pmf"].annotation == list[schemas.PmfEntry]

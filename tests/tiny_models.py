@@ -85,3 +85,21 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for file in _weight_files(Path(path)):
         out.update(load_file(str(file)))
     return out
+
+
+def add_word_tokenizer(path: str | os.PathLike, words: list[str], added: tuple[str, ...] = (),
+                       **special: str) -> Path:
+    """Give a checkpoint folder a word-level tokenizer: words[i] is token i, then each of
+    `added` is an added special token (ids after the words); special: bos_token="<s>", ...
+    (words of the list). Replaces tokenizer_config.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[0]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token=words[0], model_max_length=128, **special)
+    if added:
+        tokenizer.add_tokens(list(added), special_tokens=True)
+    tokenizer.save_pretrained(path)
+    return path

@@ -14,7 +14,18 @@
      "chosen": 0,                         # index into actions
      "arm": "ties",                       # the chosen action's arm
      "probability": 0.81,                 # = actions[chosen].p
-     "reward": 0.62 or null}              # null while no reward was reported
+     "reward": 0.62 or null,              # null while no reward was reported
+     "reward_source": "client",           # "client": reported by a user; "default": the
+                                          # server's reward join window ran out and applied
+                                          # its configured default; null without a reward
+     "expired_at": null}                  # Unix seconds when the reward window closed with
+                                          # no default configured (the event never gets a
+                                          # reward); null otherwise
+
+Offline, default rewards can be kept (they are what the live policy learned) or dropped
+(they are not measured outcomes): `bandit replay --logged ... --default-rewards drop`.
+Expired events carry no reward, so estimators skip them like any unrewarded event; the
+report counts both. Logs written before these two fields read as client rewards.
 
 The same file can be read back (`read_decision_log`) and evaluated with
 `bandit replay --logged FILE`, so logs can be evaluated away from the database.
@@ -44,6 +55,8 @@ class LoggedDecision:
     chosen: int
     reward: float | None
     policy: str | None = None
+    reward_source: str | None = None  # "client" or "default" (the join window's); None: no reward
+    expired: bool = False  # the reward window closed with no reward
 
     @property
     def prob(self) -> float:
@@ -63,6 +76,8 @@ def event_record(ev: dict) -> dict[str, Any]:
         "policy_params": ev["policy_params"], "candidates": ev["candidates"], "contexts": ev["contexts"],
         "actions": actions, "chosen": ev["chosen"], "arm": ev["arm"], "probability": float(ev["prob"]),
         "reward": ev["reward"],
+        "reward_source": (ev.get("reward_source") or "client") if ev["reward"] is not None else None,
+        "expired_at": ev.get("expired_at"),
     }
 
 
@@ -108,6 +123,17 @@ def _decision(rec: Any, where: str) -> LoggedDecision:
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise BanditError(f"{where}: 'reward' must be a finite number or null")
         reward = float(reward)
+    source = rec.get("reward_source")
+    if source not in (None, "client", "default"):
+        raise BanditError(f"{where}: 'reward_source' must be \"client\", \"default\" or null")
+    if source is not None and reward is None:
+        raise BanditError(f"{where}: 'reward_source' is {source!r} but there is no reward")
+    expired_at = rec.get("expired_at")
+    if expired_at is not None:
+        if isinstance(expired_at, bool) or not isinstance(expired_at, (int, float)) or not math.isfinite(expired_at):
+            raise BanditError(f"{where}: 'expired_at' must be a time in seconds or null")
+        if reward is not None:
+            raise BanditError(f"{where}: an expired event cannot have a reward")
     for c in contexts + [a.get("features") or {} for a in actions]:
         if not isinstance(c, dict):
             raise BanditError(f"{where}: contexts and action features must be objects of name: number")
@@ -119,6 +145,7 @@ def _decision(rec: Any, where: str) -> LoggedDecision:
         actions=[{"arm": str(a["arm"]), "candidate": int(a.get("candidate", 0)),
                   **({"features": dict(a["features"])} if a.get("features") else {})} for a in actions],
         pmf=pmf, chosen=chosen, reward=reward, policy=rec.get("policy"),
+        reward_source=(source or "client") if reward is not None else None, expired=expired_at is not None,
     )
 
 

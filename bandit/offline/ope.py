@@ -21,6 +21,7 @@ randomness of the target's own learning.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -191,15 +192,31 @@ def evaluate_logged(
     }
 
 
+DEFAULT_REWARDS = ("keep", "drop")
+
+
+def treat_default_rewards(decisions: Sequence[LoggedDecision], treatment: str) -> list[LoggedDecision]:
+    """`keep` the join window's default rewards (what the live policy learned) or `drop`
+    them (they are not measured outcomes): a dropped one leaves its event unrewarded."""
+    if treatment not in DEFAULT_REWARDS:
+        raise BanditError(f"default rewards: keep or drop, not {treatment!r}")
+    if treatment == "keep":
+        return list(decisions)
+    return [replace(d, reward=None, reward_source=None) if d.reward_source == "default" else d for d in decisions]
+
+
 def evaluate_log_source(
     targets: Sequence[str], log_file: str | None = None, store=None, seed: int = 0, bootstrap: int = 1000,
-    folds: int = 2, learn: bool = True,
+    folds: int = 2, learn: bool = True, default_rewards: str = "keep",
 ) -> dict[str, Any]:
-    """Evaluate each target on an exported decision log, or on a database's own events."""
+    """Evaluate each target on an exported decision log, or on a database's own events;
+    `default_rewards`: keep or drop the rewards the server's join window applied."""
     from bandit.offline.decision_log import decisions_from_events, read_decision_log
 
     if not targets:
         raise BanditError("name at least one target policy (--policy NAME)")
+    if default_rewards not in DEFAULT_REWARDS:
+        raise BanditError(f"--default-rewards: keep or drop, not {default_rewards!r}")
     if log_file:
         decisions = read_decision_log(log_file)
         specs: dict[str, ArmSpec] = {}
@@ -210,7 +227,12 @@ def evaluate_log_source(
         decisions = list(decisions_from_events(store.events()))
         specs = {a["name"]: ArmSpec(a["name"], a["operator"], a["params"]) for a in store.arms()}
         source = str(store.path)
+    defaults = sum(1 for d in decisions if d.reward_source == "default")
+    expired = sum(1 for d in decisions if d.expired)
+    decisions = treat_default_rewards(decisions, default_rewards)
     return {
         "source": source,
+        "default_rewards": {"count": defaults, "treatment": "kept" if default_rewards == "keep" else "dropped"},
+        "expired": expired,
         "targets": [evaluate_logged(decisions, t, specs, seed, bootstrap, folds, learn=learn) for t in targets],
     }

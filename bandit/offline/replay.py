@@ -140,7 +140,7 @@ def run_once(
     if prior is not None:
         from bandit.offline.prior import apply_prior, centred_on
 
-        if prior.centre == "live":
+        if prior.centre == "live" and not getattr(policy, "self_centred", False):
             prior_due = min(len(available), len(order) - 1)
         else:
             apply_prior(policy, prior, [table.arms[j] for j in available])

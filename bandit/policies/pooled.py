@@ -34,7 +34,7 @@ from bandit.policies.exploration import epsilon_floor, sample
 from bandit.policies.base import Action, ArmSpec, Decision, Policy
 
 DEFAULT_ANCHOR = "trial_exact"
-SNAPSHOT_FORMAT = "simmerge-pooled-1"
+SNAPSHOT_FORMAT = "simmerge-pooled-2"  # 2: epsilon_min
 # Before two rewards there is no scale to read: 0.1 stands in, wide for rewards in [0, 1].
 NOISE_FALLBACK = 0.1
 NOISE_PRIOR_WEIGHT = 2.0
@@ -45,7 +45,7 @@ class PooledRidge(Policy):
 
     def __init__(self, alpha: float = 1.0, lam_intercept: float = 1.0, lam_context: float = 10.0,
                  lam_action: float = 1.0, anchor: str | None = DEFAULT_ANCHOR, anchor_prior: float = 1.0,
-                 epsilon: float = 0.05, exploration: str = "ucb"):
+                 epsilon: float = 0.05, exploration: str = "ucb", epsilon_min: float = 0.01):
         super().__init__()
         for name, v in (("lam_intercept", lam_intercept), ("lam_context", lam_context), ("lam_action", lam_action)):
             if not v > 0:
@@ -54,6 +54,8 @@ class PooledRidge(Policy):
             raise BanditError(f"alpha must be >= 0, got {alpha}")
         if not 0 <= epsilon <= 1:
             raise BanditError(f"epsilon must be in [0, 1], got {epsilon}")
+        if not 0 <= epsilon_min <= 1:
+            raise BanditError(f"epsilon_min must be in [0, 1], got {epsilon_min}")
         if exploration not in ("ucb", "ts"):
             raise BanditError(f"exploration must be ucb or ts, got {exploration!r}")
         self.alpha = float(alpha)
@@ -61,6 +63,7 @@ class PooledRidge(Policy):
         self.anchor = anchor
         self.anchor_prior = float(anchor_prior)
         self.epsilon = float(epsilon)
+        self.epsilon_min = float(epsilon_min)
         self.exploration = exploration
         self.context_names: list[str] = []
         self.action_names: list[str] = []
@@ -68,6 +71,10 @@ class PooledRidge(Policy):
         self.t: dict[str, np.ndarray] = {}   # per arm: Σ r u
         self.reward_sum = 0.0
         self.reward_sq = 0.0
+        # arm → (offset, strength): a prior from an outcome table (`bandit fit`) on the arm's
+        # intercept — N(offset, σ²/strength) on top of the λ_b prior. Not learned state: it is
+        # set from the database's setting, so the sums stay a function of the log alone.
+        self.intercept_prior: dict[str, tuple[float, float]] = {}
         self._solved = None
 
     # -- arms and schema ---------------------------------------------------------------------
@@ -128,6 +135,53 @@ class PooledRidge(Policy):
         n = total_first_row[0]
         return total_first_row[1 + nx:] / n if n > 0 else np.zeros(len(self.action_names))
 
+    # the intercepts are relative to the live mean reward, so a prior's offsets need no re-centring
+    self_centred = True
+
+    def set_intercept_prior(self, offsets: Mapping[str, float], strength: float) -> None:
+        """Expect arm k's intercept (its reward above the running mean) at offsets[k], worth
+        `strength` rewards; arms not in `offsets` keep only the λ_b prior. Replaces any
+        earlier prior."""
+        if not (math.isfinite(strength) and strength >= 0):
+            raise BanditError(f"prior strength must be a finite number >= 0, got {strength!r}")
+        for arm, v in offsets.items():
+            if not math.isfinite(float(v)):
+                raise BanditError(f"prior offset of {arm!r} must be finite, got {v!r}")
+        self.intercept_prior = ({str(a): (float(v), float(strength)) for a, v in offsets.items()}
+                                if strength > 0 else {})
+        self._solved = None
+
+    def prior_strength(self) -> float:
+        """What the intercept prior is worth now: the table's strength m, lowered when the
+        live rewards disagree with it. The table chose m = σ²/τ² by empirical Bayes over its
+        own tasks (τ²: how much an arm's offset moves between tasks); the live database is one
+        more task. The prior waits until ≥ 3 of its arms have rewards — until the live data
+        can test it: used from the first request, a table from another regime cost up to 0.1
+        of the gap in a single pass on the synthetic regimes — and then τ² is estimated again
+        from how far their live means sit from the prior's offsets (up to a common shift,
+        since the offsets are relative), less what sampling noise explains, and m becomes
+        min(m, σ²/τ̂²). A prior from another regime thus fades as the evidence against it
+        grows, instead of costing a few pulls per arm for ever."""
+        if not self.intercept_prior:
+            return 0.0
+        m = next(iter(self.intercept_prior.values()))[1]
+        n_k = {a: self.S[a][0, 0] for a in self.intercept_prior if a in self.S and self.S[a][0, 0] > 0}
+        if len(n_k) < 3:
+            return 0.0
+        n = sum(S[0, 0] for S in self.S.values())
+        pulled = [S[0, 0] for S in self.S.values() if S[0, 0] > 0]
+        # σ²: one reward around its arm's mean, from the raw sums (Σr² − Σ_k (Σ_k r)²/n_k)
+        within = self.reward_sq - sum(self.t[a][0] ** 2 / self.S[a][0, 0] for a in self.S if self.S[a][0, 0] > 0)
+        if n - len(pulled) < 1:
+            return m
+        sigma2 = max(within, 0.0) / (n - len(pulled))
+        d = np.array([self.t[a][0] / k - self.intercept_prior[a][0] for a, k in n_k.items()])
+        noise = float(np.mean([sigma2 / k for k in n_k.values()]))
+        tau2 = float(((d - d.mean()) ** 2).sum() / (len(d) - 1)) - noise
+        if tau2 <= 0:
+            return m
+        return min(m, sigma2 / tau2)
+
     # -- learning ----------------------------------------------------------------------------
     def learn_one(self, arm: str, context: Mapping[str, float], reward: float,
                   features: Mapping[str, float] | None = None) -> None:
@@ -186,18 +240,24 @@ class PooledRidge(Policy):
             beta0[self.action_names.index(self.anchor)] = self.anchor_prior
         G = np.eye(ng) * self.lam_action
         g = self.lam_action * beta0
+        strength = self.prior_strength()
         blocks, data = [], []
         for arm in arms:
             S = M @ self.S[arm] @ M.T
             t = M @ (self.t[arm] - c * self.S[arm][0])
             data.append((S, t))
             D = S[:per, :per] + np.diag(prior_arm)
+            rhs = t[:per].copy()
+            if arm in self.intercept_prior:
+                offset, _ = self.intercept_prior[arm]
+                D[0, 0] += strength
+                rhs[0] += strength * offset
             C = S[:per, per:]
             G += S[per:, per:]
             g += t[per:]
             L = np.linalg.cholesky(D)
             DiC = _chol_solve(L, C)            # D⁻¹ C
-            Dib = _chol_solve(L, t[:per])      # D⁻¹ b
+            Dib = _chol_solve(L, rhs)          # D⁻¹ b
             G -= C.T @ DiC
             g -= C.T @ Dib
             blocks.append((L, C, DiC, Dib))
@@ -286,6 +346,12 @@ class PooledRidge(Policy):
             var[i] = y @ y + q @ q
         return means, self.alpha * fit.sigma * np.sqrt(np.maximum(var, 0.0))
 
+    def floor(self) -> float:
+        """ε_n = max(ε_min, ε·√(K / (K + n))): the exploration floor after n rewards, K arms
+        (never above ε: `epsilon=0` switches the floor off whatever `epsilon_min` says)."""
+        k = max(len(self.specs), 1)
+        return max(min(self.epsilon_min, self.epsilon), self.epsilon * math.sqrt(k / (k + self.n)))
+
     def decide(self, actions: Sequence[Action], rng: np.random.Generator) -> Decision:
         scorer = self._scorer(actions)
         if scorer is not self:
@@ -300,16 +366,16 @@ class PooledRidge(Policy):
                      for k in range(len(fit.arms))]
             means = np.array([fit.c + V[i, :per] @ fit.thetas[k] + V[i, per:] @ fit.beta for i, k in enumerate(ks)])
             sampled = np.array([fit.c + V[i, :per] @ drawn[k] + V[i, per:] @ beta for i, k in enumerate(ks)])
-            pmf = epsilon_floor(sampled, self.epsilon, rng)
+            pmf = epsilon_floor(sampled, self.floor(), rng)
             return Decision(pmf=pmf, chosen=sample(pmf, rng), means=means, bonuses=sampled - means)
         means, bonuses = self.scores(actions)
-        pmf = epsilon_floor(means + bonuses, self.epsilon, rng)
+        pmf = epsilon_floor(means + bonuses, self.floor(), rng)
         return Decision(pmf=pmf, chosen=sample(pmf, rng), means=means, bonuses=bonuses)
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "lambda_intercept": self.lam_intercept, "lambda_context": self.lam_context,
                 "lambda_action": self.lam_action, "anchor": self.anchor, "anchor_prior": self.anchor_prior,
-                "epsilon": self.epsilon, "exploration": self.exploration}
+                "epsilon": self.epsilon, "epsilon_min": self.epsilon_min, "exploration": self.exploration}
 
     # -- derived state, for storage and rebuild checks ------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -350,7 +416,8 @@ class PooledRidge(Policy):
             p = header["params"]
             policy = cls(alpha=p["alpha"], lam_intercept=p["lambda_intercept"], lam_context=p["lambda_context"],
                          lam_action=p["lambda_action"], anchor=p["anchor"], anchor_prior=p["anchor_prior"],
-                         epsilon=p["epsilon"], exploration=p["exploration"])
+                         epsilon=p["epsilon"], exploration=p["exploration"],
+                         epsilon_min=p["epsilon_min"])
             policy.context_names = list(header["context_names"])
             policy.action_names = list(header["action_names"])
             policy.reward_sum, policy.reward_sq = float(header["reward_sum"]), float(header["reward_sq"])

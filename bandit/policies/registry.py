@@ -104,7 +104,7 @@ def _pooled(params: dict[str, Any]) -> Policy:
 
     p = _take(params, "pooled", {"alpha": 1.0, "lambda_intercept": 1.0, "lambda_context": 10.0,
                                  "lambda_action": 1.0, "anchor": DEFAULT_ANCHOR, "anchor_prior": 1.0,
-                                 "epsilon": 0.05, "exploration": "ucb"})
+                                 "epsilon": 0.05, "epsilon_min": 0.01, "exploration": "ucb"})
     anchor = p["anchor"]
     if anchor is not None and (not isinstance(anchor, str) or not anchor or anchor.lower() == "none"):
         anchor = None
@@ -112,7 +112,7 @@ def _pooled(params: dict[str, Any]) -> Policy:
                        lam_context=_num(p["lambda_context"], "lambda_context"),
                        lam_action=_num(p["lambda_action"], "lambda_action"), anchor=anchor,
                        anchor_prior=_num(p["anchor_prior"], "anchor_prior"), epsilon=_num(p["epsilon"], "epsilon"),
-                       exploration=str(p["exploration"]))
+                       exploration=str(p["exploration"]), epsilon_min=_num(p["epsilon_min"], "epsilon_min"))
 
 
 POLICIES: dict[str, Callable[[dict[str, Any]], Policy]] = {

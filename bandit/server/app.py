@@ -31,9 +31,11 @@ class Runtime:
         # connection and thread: SQLite's WAL lets them read while proposes and rewards write,
         # so a dashboard refresh never holds up the hot path.
         self.reader = ServiceThread(config.db)
-        from bandit.service.monitor import RewardCurves
+        from bandit.service.monitor import ArmShares, RewardCurves
 
+        # The dashboard's views of the log, kept between refreshes (read on the reader thread).
         self.curves = RewardCurves()
+        self.shares = ArmShares()
         # Jobs a crashed server left running: their output never got renamed into place.
         failed = self.service.call_sync(lambda svc: fail_interrupted(svc.store))
         if failed:

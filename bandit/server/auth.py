@@ -3,6 +3,8 @@
 Off loopback a token is mandatory (`--token-file` or $BANDIT_TOKEN); with one configured,
 every request but /v1/health must carry `Authorization: Bearer TOKEN`, compared in
 constant time. A refused request is answered before any handler runs: nothing changes.
+/v1/health stays open for load balancers, but learns whether the token came
+(`request.state.authorized`) and says nothing about the data without it.
 """
 from __future__ import annotations
 
@@ -63,17 +65,23 @@ class BearerAuth:
         self.expected = None if token is None else token.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.expected is None or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or self.expected is None:
             return await self.app(scope, receive, send)
+        if scope["path"] in OPEN_PATHS:
+            scope.setdefault("state", {})["authorized"] = self._carries_token(scope)
+            return await self.app(scope, receive, send)
+        if not self._carries_token(scope):
+            return await _send_error(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        return await self.app(scope, receive, send)
+
+    def _carries_token(self, scope) -> bool:
         given = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 given = value
                 break
         scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.expected):
-            return await _send_error(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
-        return await self.app(scope, receive, send)
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.expected)
 
 
 class BodyLimit:

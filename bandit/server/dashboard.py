@@ -14,15 +14,18 @@ REFRESH_SECONDS = 5
 CURVE_POINTS = 400  # a curve over 100k rewards is drawn from this many points
 
 
-def collect(svc, curves=None) -> dict[str, Any]:
-    """Everything the page shows, from the facade (also served as JSON at /v1/dashboard)."""
+def collect(svc, curves=None, shares=None) -> dict[str, Any]:
+    """Everything the page shows, from the facade (also served as JSON at /v1/dashboard).
+    `curves` and `shares` (RewardCurves, ArmShares) are kept by the server between calls,
+    so each refresh reads only what the log gained; without them, computed afresh."""
     from bandit.service.monitor import jobs_summary, pending, recent_events, reward_curves, share_over_time
 
     from bandit.render import payload
 
     return {
-        "policy": payload(svc.show_policy()), "stats": payload(svc.stats()), "curves": curves.update(svc.store) if curves is not None else reward_curves(svc.store),
-        "share": share_over_time(svc.store),
+        "policy": payload(svc.show_policy()), "stats": payload(svc.stats()),
+        "curves": curves.update(svc.store) if curves is not None else reward_curves(svc.store),
+        "share": shares.update(svc.store) if shares is not None else share_over_time(svc.store),
         "recent": recent_events(svc.store, 15), "pending": pending(svc.store, 15), "jobs": jobs_summary(svc.store, 10),
     }
 
@@ -30,7 +33,7 @@ def collect(svc, curves=None) -> dict[str, Any]:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard(request: Request) -> HTMLResponse:
     rt = request.app.state.runtime
-    data = await rt.reader.call(collect, rt.curves)
+    data = await rt.reader.call(collect, rt.curves, rt.shares)
     return HTMLResponse(render_page(data))
 
 
@@ -61,7 +64,10 @@ def curve_svg(curves: dict[str, Any], width: int = 640, height: int = 260) -> st
     if n == 0:
         return f'<svg id="curve" width="{width}" height="{height}" role="img"><text x="20" y="40">no rewards yet</text></svg>'
     pad_l, pad_r, pad_t, pad_b = 56, 12, 12, 36
-    values = [v for _, vals, _ in series for v in vals if v is not None]
+    # The scale is that of the points drawn: thinned first, so a refresh costs the same at
+    # 100 or 100,000 rewards.
+    series = [(label, _thin(vals), colour) for label, vals, colour in series]
+    values = [v for _, points, _ in series for _, v in points]
     lo, hi = min(values), max(values)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
@@ -83,10 +89,10 @@ def curve_svg(curves: dict[str, Any], width: int = 640, height: int = 260) -> st
         parts.append(f'<text x="{pad_l - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{v:.3f}</text>')
     parts.append(f'<text x="{pad_l}" y="{height - 18}" font-size="11">1</text>')
     parts.append(f'<text x="{width - pad_r}" y="{height - 18}" font-size="11" text-anchor="end">{n} rewards</text>')
-    for k, (label, vals, colour) in enumerate(series):
-        if not vals:
+    for k, (label, points, colour) in enumerate(series):
+        if not points:
             continue
-        pts = " ".join(xy(i, v) for i, v in _thin(vals))
+        pts = " ".join(xy(i, v) for i, v in points)
         parts.append(f'<polyline class="series" data-name="{_e(label)}" fill="none" stroke="{colour}" '
                      f'stroke-width="2" points="{pts}"/>')
         parts.append(f'<text x="{pad_l + 8 + 210 * k}" y="{height - 4}" font-size="11" fill="{colour}">{_e(label)}</text>')

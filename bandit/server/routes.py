@@ -123,18 +123,19 @@ async def rebuild_check(request: Request):
 
 
 # -- catalog --------------------------------------------------------------------------------
-@router.get("/models", response_model=list[s.Model], responses=ERRORS, summary="Registered models")
+@router.get("/models", response_model=list[s.ModelRow], responses=ERRORS, summary="Registered models")
 async def models_list(request: Request):
     return await _rt(request).reader.call(lambda svc: payload(svc.models()))
 
 
-@router.post("/models", response_model=s.Model, status_code=201, responses=ERRORS,
+@router.post("/models", response_model=s.ModelAdded, response_model_exclude_unset=True, status_code=201,
+             responses=ERRORS,
              summary="Register a checkpoint folder on the server")
 async def models_add(body: s.ModelAddRequest, request: Request):
     return await _rt(request).service.call(lambda svc: payload(svc.add_model(body.name, body.path, body.base)))
 
 
-@router.get("/tasks", response_model=list[s.Task], responses=ERRORS, summary="Tasks")
+@router.get("/tasks", response_model=list[s.TaskRow], responses=ERRORS, summary="Tasks")
 async def tasks_list(request: Request):
     return await _rt(request).reader.call(lambda svc: payload(svc.tasks()))
 
@@ -207,9 +208,12 @@ async def replays_submit(body: s.ReplayRequest, request: Request):
 
 
 # -- health and dashboard data ----------------------------------------------------------------
-@router.get("/health", response_model=s.Health, summary="Liveness and counts (no token needed)")
+@router.get("/health", response_model=s.Health | s.Liveness,
+            summary="Liveness (open); with the token, or without one configured, also counts and versions")
 async def health(request: Request):
     rt = _rt(request)
+    if not getattr(request.state, "authorized", True):  # set by BearerAuth when a token is configured
+        return {"status": "ok"}
 
     def _health(svc):
         from importlib.metadata import PackageNotFoundError, version
@@ -233,4 +237,4 @@ async def dashboard_data(request: Request):
     from bandit.server.dashboard import collect
 
     rt = _rt(request)
-    return await rt.reader.call(collect, rt.curves)
+    return await rt.reader.call(collect, rt.curves, rt.shares)

@@ -3,9 +3,12 @@ typed here so the OpenAPI document describes them. Values are checked again by t
 (bandit/inputs.py) exactly as on the CLI; these models only fix the shapes."""
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from bandit.service import records
 
 from bandit.inputs import MAX_CONTEXT_FEATURES  # one bound for the CLI and the server
 
@@ -75,6 +78,28 @@ class ReplayRequest(Strict):
 
 
 # -- responses -----------------------------------------------------------------------------
+# The facade's records (bandit/service/records.py) are the payloads; the response models of
+# those are made from them, so a field added there is in the OpenAPI document at once and
+# the two can never disagree. Payloads that are plain dicts (events, jobs, health) and the
+# reward's outcome (a plain class, kept light for `bandit reward`) are written out here.
+def from_record(record: type, name: str | None = None, *, types: dict[str, Any] | None = None,
+                extra: dict[str, Any] | None = None) -> type[BaseModel]:
+    """A pydantic model with the fields of the dataclass `record`: same names, types and
+    defaults. `types` narrows a field's type for the document (`dict` entries the record
+    does not spell out), `extra` adds what the record computes in `to_dict()`."""
+    hints = get_type_hints(record)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ...
+        fields[f.name] = ((types or {}).get(f.name, hints[f.name]), default)
+    return create_model(name or record.__name__, **fields, **(extra or {}))
+
+
 class ErrorBody(BaseModel):
     error: str
 
@@ -86,22 +111,15 @@ class PmfEntry(BaseModel):
     p: float
 
 
-class Proposal(BaseModel):
-    event_id: int
-    task: str
-    arm: str
-    operator: str
-    params: dict[str, Any]
-    prob: float
-    predicted: float
-    bonus: float
-    pmf: list[PmfEntry]
-    policy: str
-    seed: int
-    model_a: str | None = None
-    model_b: str | None = None
-    recipe: dict[str, Any] = {}
-    trial: dict[str, Any] | None = Field(None, description="Trial merges' cost (merges, seconds, budget), when they ran.")
+Proposal = from_record(records.Proposal, types={"pmf": list[PmfEntry]})
+Arm = from_record(records.Arm)
+PolicyView = from_record(records.PolicyInfo, "PolicyView")
+ArmStats = from_record(records.ArmStats)
+ModelAdded = from_record(records.Model, "ModelAdded")
+ModelRow = from_record(records.ModelRow)
+TaskRow = from_record(records.TaskRow)
+TaskAdded = from_record(records.Task, "TaskAdded")
+Rebuild = from_record(records.RebuildReport, "Rebuild", extra={"clean": (bool, ...)})
 
 
 class RewardResult(BaseModel):
@@ -112,57 +130,9 @@ class RewardResult(BaseModel):
     pulls: int
 
 
-class Arm(BaseModel):
-    name: str
-    operator: str
-    params: dict[str, Any]
-    status: str = "active"
-    warm_start_from: str | None = None
-
-
 class Retired(BaseModel):
     name: str
     status: Literal["retired"]
-
-
-class PolicyView(BaseModel):
-    name: str
-    params: dict[str, Any]
-    label: str
-    effective: dict[str, Any]
-
-
-class ArmStats(BaseModel):
-    arm: str
-    operator: str
-    status: str
-    proposals: int
-    pulls: int
-    mean_reward: float | None
-    posterior_mean: float | None
-    share: float
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str
-    path: str
-    base: str | None = None
-    fingerprint: str
-
-
-class Task(BaseModel):
-    name: str
-    probe_hash: str | None = None
-    created_at: float
-    n_probes: int
-    events: int
-
-
-class TaskAdded(BaseModel):
-    name: str
-    new: bool
-    probes: int
 
 
 class Event(BaseModel):
@@ -195,6 +165,11 @@ class Job(BaseModel):
     finished_at: float | None = None
 
 
+class Liveness(Strict):
+    """What /v1/health says without the token when one is configured: the process answers."""
+    status: Literal["ok"]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
@@ -205,12 +180,3 @@ class Health(BaseModel):
     jobs: dict[str, int]
     reward_window: dict[str, Any] | None
     device: str
-
-
-class Rebuild(BaseModel):
-    arms: int
-    rewards: int
-    max_abs_diff: float
-    mismatched: list[str]
-    written: bool
-    clean: bool

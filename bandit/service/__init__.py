@@ -432,8 +432,10 @@ class Service:
             return export_events(events, f, fmt)
 
     @_one_error_family
-    def evaluate_logged(self, policies, source, *, seed=0, bootstrap=1000):
-        """Off-policy estimates of `policies` on a decision log file, or on this database's events."""
+    def evaluate_logged(self, policies, source, *, seed=0, bootstrap=1000, default_rewards="keep"):
+        """Off-policy estimates of `policies` on a decision log file, or on this database's
+        events; `default_rewards`: keep or drop the reward window's default rewards."""
         from bandit.offline.ope import evaluate_log_source
 
-        return evaluate_log_source(policies, source, None if source else self.store, seed=seed, bootstrap=bootstrap)
+        return evaluate_log_source(policies, source, None if source else self.store, seed=seed, bootstrap=bootstrap,
+                                   default_rewards=default_rewards)

@@ -55,14 +55,37 @@ def _snapshot_class(policy_name: str):
 
 @contextmanager
 def _exclusive(path: str) -> Iterator[None]:
-    """An advisory lock beside the snapshot: one relearner at a time per database."""
+    """An advisory lock beside the snapshot (`<snapshot>.lock`): one relearner at a time per
+    database. The lock file lives only while someone holds or waits for it: the holder
+    removes it before letting go, so nothing is left beside the database. A process that
+    was waiting on the removed file then finds another file (or none) at the path and
+    tries again, so two holders never overlap; a file left by a killed process is taken
+    over and removed by the next one."""
     import fcntl
 
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    lock_path = path + ".lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(lock_path)
+                if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # a removed file: its holder has finished; lock the one there now
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        try:
+            os.unlink(lock_path)  # still holding it: no one can take the path's file meanwhile
+        except FileNotFoundError:
+            pass
         os.close(fd)  # closing releases the lock
 
 
@@ -91,7 +114,25 @@ class LivePolicy:
             self._sync_ridge(self.policy)
         else:
             self._sync_from_log(self.policy, settings)
+            if hasattr(self.policy, "set_intercept_prior"):
+                self._sync_outcome_prior(self.policy)
         return self.policy
+
+    def _sync_outcome_prior(self, policy) -> None:
+        """A policy with its own intercept prior (pooled) takes `bandit fit`'s prior from the
+        setting at decision time — not from its learned sums, so snapshots and rebuild stay a
+        function of the log, and `fit --clear` takes it back at once."""
+        from bandit.service.prior import SETTING
+
+        loaded = self.store.get_setting(SETTING)
+        prior = loaded["prior"] if loaded else None
+        key = None if prior is None else (prior["digest"], prior["strength"])
+        if key == getattr(policy, "_outcome_prior_key", None):
+            return
+        from bandit.offline.prior import below_best
+
+        policy.set_intercept_prior(below_best(prior["offsets"]) if prior else {}, prior["strength"] if prior else 0.0)
+        policy._outcome_prior_key = key
 
     def forget(self) -> None:
         """Posteriors were rewritten (rebuild): reload every arm on the next use."""

@@ -37,7 +37,10 @@ def recent_events(store, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def pending(store, limit: int = 50) -> dict[str, Any]:
-    return {"count": sql.count_pending(store), "events": sql.pending_events(store, limit), **sql.window_counts(store)}
+    count = sql.count_pending(store)
+    # Listing the newest open events walks back from the newest one; with none open that
+    # would be the whole log.
+    return {"count": count, "events": sql.pending_events(store, limit) if count else [], **sql.window_counts(store)}
 
 
 MIN_PULLS_FOR_BEST = 3  # an arm seen once or twice with a lucky reward is no "best fixed arm"
@@ -113,19 +116,42 @@ def reward_curves(store) -> dict[str, Any]:
     return RewardCurves().update(store)
 
 
+class ArmShares:
+    """Each arm's share of the proposals in `bins` consecutive, equal slices of the log.
+
+    Kept up to date like RewardCurves: `update(store)` reads only the events after the last
+    one seen and keeps, per arm, the positions in the log of the events that chose it, so a
+    slice's count is two binary searches whatever the log's length."""
+
+    def __init__(self, bins: int = 20):
+        self.bins = bins
+        self.last_event_id = 0
+        self.n = 0
+        self.positions: dict[str, list[int]] = {}  # arm -> positions of its events, ascending
+
+    def update(self, store) -> dict[str, Any]:
+        for r in monitor_sql.chosen_arms_after(store, self.last_event_id):
+            self.positions.setdefault(r["arm"], []).append(self.n)
+            self.n += 1
+            self.last_event_id = r["id"]
+        return self.view()
+
+    def view(self) -> dict[str, Any]:
+        from bisect import bisect_left
+
+        if not self.n:
+            return {"bins": 0, "edges": [], "shares": {}}
+        bins = min(self.bins, self.n)
+        edges = [round(i * self.n / bins) for i in range(bins + 1)]
+        shares = {arm: [(bisect_left(pos, edges[k + 1]) - bisect_left(pos, edges[k])) / (edges[k + 1] - edges[k])
+                        for k in range(bins)]
+                  for arm, pos in self.positions.items()}
+        return {"bins": bins, "edges": edges, "shares": shares}
+
+
 def share_over_time(store, bins: int = 20) -> dict[str, Any]:
-    """Each arm's share of the proposals in `bins` consecutive, equal slices of the log."""
-    arms = monitor_sql.chosen_arms(store)
-    if not arms:
-        return {"bins": 0, "edges": [], "shares": {}}
-    bins = min(bins, len(arms))
-    edges = [round(i * len(arms) / bins) for i in range(bins + 1)]
-    shares: dict[str, list[float]] = {a: [0.0] * bins for a in dict.fromkeys(arms)}
-    for k in range(bins):
-        chunk = arms[edges[k]:edges[k + 1]]
-        for a in chunk:
-            shares[a][k] += 1.0 / len(chunk)
-    return {"bins": bins, "edges": edges, "shares": shares}
+    """The shares of the whole log, computed afresh (see ArmShares)."""
+    return ArmShares(bins).update(store)
 
 
 def jobs_summary(store, limit: int = 20) -> dict[str, Any]:

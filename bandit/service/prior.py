@@ -11,9 +11,10 @@ The level: the live mean reward when the database holds at least as many rewards
 (fit after a first round of rewards, and the prior speaks the target's scale), else the
 table's mean.
 
-Policies that keep one ridge posterior per arm (linucb, lints, egreedy) use it live; policies
-that learn from the log itself (pooled — the default, whose per-arm intercepts already start
-at the running mean reward — hybrid, vw) do not see it.
+Policies that keep one ridge posterior per arm (linucb, lints, egreedy) use it live. pooled
+(the default) reads the setting at decision time and puts the table's offsets on its per-arm
+intercepts, which are relative to the live mean reward already (so the level does not matter
+to it); hybrid and vw learn from the log alone and do not see it.
 """
 from __future__ import annotations
 
