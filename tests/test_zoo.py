@@ -190,7 +190,9 @@ def test_rebuild_reuses_and_retrains_only_what_is_missing(reduced_zoo, tmp_path)
     shutil.rmtree(root / f"expert-{task}")
     third = build_zoo(root, recipe=reduced_recipe(), progress=False)
     assert f"expert-{task}" not in third.manifest["reused"] and "base" in third.manifest["reused"]
-    # Seeded training: the retrained expert is the same checkpoint as before.
+    # Seeded training: the retrained expert is the same checkpoint as before — and the one
+    # expert is trained in this process, where the fixture's were trained in worker
+    # processes (one per core), so the two paths give the same bytes.
     assert (third.expert(task) / "model.safetensors").read_bytes() == weights
 
     # A changed recipe is not silently reused.
@@ -262,3 +264,16 @@ def test_a_second_build_in_the_same_folder_is_refused(tmp_path):
         with pytest.raises(ZooError, match="another zoo build is running"):
             build_zoo(tmp_path, recipe=reduced_recipe(), progress=False)
         assert (tmp_path / ".building-base-1").is_dir()  # not touched while another build runs
+
+
+def test_expert_jobs_follow_the_cores_and_the_environment(monkeypatch):
+    from zoo.build import expert_jobs
+    from zoo.errors import ZooError
+
+    monkeypatch.delenv("SIMMERGE_ZOO_JOBS", raising=False)
+    assert 1 <= expert_jobs() <= 4
+    monkeypatch.setenv("SIMMERGE_ZOO_JOBS", "1")
+    assert expert_jobs() == 1
+    monkeypatch.setenv("SIMMERGE_ZOO_JOBS", "two")
+    with pytest.raises(ZooError, match="SIMMERGE_ZOO_JOBS must be a whole number"):
+        expert_jobs()
