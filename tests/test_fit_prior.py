@@ -163,19 +163,19 @@ def test_the_default_pooled_policy_uses_the_prior_on_its_intercepts_and_clear_ta
         try:
             pol = svc.policy()
             assert pol.name == "pooled"
-            return dict(pol.intercept_prior)
+            return dict(pol.intercept_prior), pol.intercept_prior_strength
         finally:
             svc.store.close()
 
-    assert live_prior() == {}
+    assert live_prior() == ({}, 0.0)
     res = run("fit", "--outcomes", table, "--db", db)
     assert res.exit_code == 0 and "does not use the prior" not in res.output
-    got = live_prior()
+    got, strength = live_prior()
     assert set(got) == {"ties", "linear"}
-    assert got["ties"] == (0.0, 2.0) and got["linear"][0] == pytest.approx(-0.2) and got["linear"][1] == 2.0
+    assert got["ties"] == 0.0 and got["linear"] == pytest.approx(-0.2) and strength == 2.0
     for i, value in enumerate((0.4, 0.6, 0.5), start=1):
         run("propose", "-t", "x", "--context-json", '{"s": 0.5}', "--seed", str(i), "--db", db)
         assert run("reward", str(i), str(value), "--db", db).exit_code == 0
     assert json.loads(run("rebuild", "--check", "--db", db, "--json").output)["mismatched"] == []
     assert run("fit", "--clear", "--db", db).exit_code == 0
-    assert live_prior() == {}
+    assert live_prior() == ({}, 0.0)

@@ -153,7 +153,7 @@ def apply_prior(policy, prior: Prior, arms: Iterable[str]) -> list[str]:
     if prior.strength <= 0:
         return []
     if hasattr(policy, "set_intercept_prior"):
-        offsets = {a: off for a, (off, _) in policy.intercept_prior.items()}
+        offsets = dict(policy.intercept_prior)
         best = below_best(prior.offsets)
         offsets.update({a: best[a] for a in reached})
         policy.set_intercept_prior(offsets, prior.strength)

@@ -71,10 +71,11 @@ class PooledRidge(Policy):
         self.t: dict[str, np.ndarray] = {}   # per arm: Σ r u
         self.reward_sum = 0.0
         self.reward_sq = 0.0
-        # arm → (offset, strength): a prior from an outcome table (`bandit fit`) on the arm's
-        # intercept — N(offset, σ²/strength) on top of the λ_b prior. Not learned state: it is
-        # set from the database's setting, so the sums stay a function of the log alone.
-        self.intercept_prior: dict[str, tuple[float, float]] = {}
+        # A prior from an outcome table (`bandit fit`) on the arms' intercepts: arm → offset,
+        # N(offset, σ²/strength) on top of the λ_b prior, one strength for all. Not learned
+        # state: it is set from the database's setting, so the sums stay a function of the log.
+        self.intercept_prior: dict[str, float] = {}
+        self.intercept_prior_strength = 0.0
         self._solved = None
 
     # -- arms and schema ---------------------------------------------------------------------
@@ -147,8 +148,8 @@ class PooledRidge(Policy):
         for arm, v in offsets.items():
             if not math.isfinite(float(v)):
                 raise BanditError(f"prior offset of {arm!r} must be finite, got {v!r}")
-        self.intercept_prior = ({str(a): (float(v), float(strength)) for a, v in offsets.items()}
-                                if strength > 0 else {})
+        self.intercept_prior = {str(a): float(v) for a, v in offsets.items()} if strength > 0 else {}
+        self.intercept_prior_strength = float(strength) if strength > 0 else 0.0
         self._solved = None
 
     def prior_strength(self) -> float:
@@ -164,7 +165,7 @@ class PooledRidge(Policy):
         grows, instead of costing a few pulls per arm for ever."""
         if not self.intercept_prior:
             return 0.0
-        m = next(iter(self.intercept_prior.values()))[1]
+        m = self.intercept_prior_strength
         n_k = {a: self.S[a][0, 0] for a in self.intercept_prior if a in self.S and self.S[a][0, 0] > 0}
         if len(n_k) < 3:
             return 0.0
@@ -175,7 +176,7 @@ class PooledRidge(Policy):
         if n - len(pulled) < 1:
             return m
         sigma2 = max(within, 0.0) / (n - len(pulled))
-        d = np.array([self.t[a][0] / k - self.intercept_prior[a][0] for a, k in n_k.items()])
+        d = np.array([self.t[a][0] / k - self.intercept_prior[a] for a, k in n_k.items()])
         noise = float(np.mean([sigma2 / k for k in n_k.values()]))
         tau2 = float(((d - d.mean()) ** 2).sum() / (len(d) - 1)) - noise
         if tau2 <= 0:
@@ -249,9 +250,8 @@ class PooledRidge(Policy):
             D = S[:per, :per] + np.diag(prior_arm)
             rhs = t[:per].copy()
             if arm in self.intercept_prior:
-                offset, _ = self.intercept_prior[arm]
                 D[0, 0] += strength
-                rhs[0] += strength * offset
+                rhs[0] += strength * self.intercept_prior[arm]
             C = S[:per, per:]
             G += S[per:, per:]
             g += t[per:]
