@@ -100,6 +100,7 @@ class LivePolicy:
         self.cursor_event = None  # ... and the event it rewarded (identifies the log it came from)
         self.learned = 0  # ... and how many rewards that is
         self._snapshot_learned = -1  # how many of them the snapshot on disk holds (-1: none)
+        self._prior_key = None  # the `bandit fit` prior the policy holds (pooled), by digest and strength
 
     # -- the policy, current --------------------------------------------------------------
     def current(self) -> Policy:
@@ -110,6 +111,7 @@ class LivePolicy:
             self.policy = self._build(settings)
             self._key = key
             self.versions = {}
+            self._prior_key = None
         if isinstance(self.policy, RidgeArms):
             self._sync_ridge(self.policy)
         else:
@@ -127,12 +129,12 @@ class LivePolicy:
         loaded = self.store.get_setting(SETTING)
         prior = loaded["prior"] if loaded else None
         key = None if prior is None else (prior["digest"], prior["strength"])
-        if key == getattr(policy, "_outcome_prior_key", None):
+        if key == self._prior_key:
             return
         from bandit.offline.prior import below_best
 
         policy.set_intercept_prior(below_best(prior["offsets"]) if prior else {}, prior["strength"] if prior else 0.0)
-        policy._outcome_prior_key = key
+        self._prior_key = key
 
     def forget(self) -> None:
         """Posteriors were rewritten (rebuild): reload every arm on the next use."""
