@@ -194,16 +194,18 @@ def train(model, tokenizer, stream, steps: int, lr: float, batch_size: int, warm
 
 
 def expert_jobs() -> int:
-    """Processes for the expert fine-tunes: one per core, at most 4 (`SIMMERGE_ZOO_JOBS`
-    overrides; 1 trains them one after another in this process)."""
+    """Processes for the expert fine-tunes: as many as the outcome table's merges use on a
+    CPU (`zoo.outcomes.default_jobs`: one per core, at most 4); `SIMMERGE_ZOO_JOBS`
+    overrides, and 1 trains them one after another in this process."""
+    from zoo.outcomes import default_jobs
+
     value = os.environ.get("SIMMERGE_ZOO_JOBS")
     if value:
         try:
             return max(1, int(value))
         except ValueError:
             raise ZooError(f"SIMMERGE_ZOO_JOBS must be a whole number, got {value!r}") from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 4))
+    return default_jobs("cpu")
 
 
 def _finetune(model, tokenizer, recipe: ZooRecipe, task: str, folder: Path, stamp: str,
