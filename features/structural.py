@@ -403,10 +403,8 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
 
     `chunk`, `topk_sample` and `topk_margin` (see DeltaStats) change speed, never results.
     """
-    import torch
-
     from merging.checkpoint import Checkpoint
-    from merging.device import resolve_device
+    from merging.device import intra_op_threads, resolve_device
     from merging.errors import CheckpointError, MergeError
 
     try:
@@ -414,24 +412,21 @@ def structural_features(base: str, a: str, b: str, *, device: str = "auto", prog
         cks = [Checkpoint(p) for p in (base, a, b)]
     except MergeError as e:
         raise FeatureError(str(e)) from None
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        # Every operation here is small (one cache-sized chunk); intra-op threads cost more
-        # in hand-offs than they give, and much more when other processes share the cores.
-        torch.set_num_threads(1)
+    # Every operation here is small (one cache-sized chunk); intra-op threads cost more
+    # in hand-offs than they give, and much more when other processes share the cores.
     try:
-        names = compared_tensors(cks[0], cks[1:])
-        stats = DeltaStats(chunk=chunk, topk_sample=topk_sample, topk_margin=topk_margin)
-        for name in _progress(names, progress):
-            try:
-                tensors = [ck.tensor(name, dev) for ck in cks]
-            except CheckpointError as e:
-                raise FeatureError(str(e)) from None
-            stats.add(name, *tensors)
-            del tensors
-        return stats.features()
+        with intra_op_threads(1 if dev.type == "cpu" else None):
+            names = compared_tensors(cks[0], cks[1:])
+            stats = DeltaStats(chunk=chunk, topk_sample=topk_sample, topk_margin=topk_margin)
+            for name in _progress(names, progress):
+                try:
+                    tensors = [ck.tensor(name, dev) for ck in cks]
+                except CheckpointError as e:
+                    raise FeatureError(str(e)) from None
+                stats.add(name, *tensors)
+                del tensors
+            return stats.features()
     finally:
-        torch.set_num_threads(threads)
         for ck in cks:
             ck.close()
 

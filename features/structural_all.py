@@ -471,11 +471,9 @@ def scan_catalog(base: str, models: dict[str, str], *, device: str = "auto",
     pairs. `models`: {name: checkpoint folder}, at least two. `memory_budget` (bytes) bounds
     one tensor's copies plus the work matrices; `chunk`, `topk_sample`, `topk_margin` change
     speed, never results."""
-    import torch
-
     from merging.checkpoint import Checkpoint
     from merging.dtypes import DTYPE_BYTES
-    from merging.device import resolve_device
+    from merging.device import intra_op_threads, resolve_device
     from merging.errors import CheckpointError, MergeError
 
     if len(models) < 2:
@@ -500,41 +498,38 @@ def scan_catalog(base: str, models: dict[str, str], *, device: str = "auto",
     work_bytes = WORK_BYTES_PER_ENTRY * n * chunk
     bytes_read = 0
     in_parts = 0
-    threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        # Every operation is on one cache-sized chunk: intra-op threads cost more in hand-offs
-        # than they give (measured ~40x slower with 2 threads on 2 busy cores).
-        torch.set_num_threads(1)
+    # Every operation is on one cache-sized chunk: intra-op threads cost more in hand-offs
+    # than they give (measured ~40x slower with 2 threads on 2 busy cores).
     try:
-        names = check_catalog_architecture(base_ck, cks)
-        for name in _progress(names, progress, n + 1):
-            info = base_ck.tensors[name]
-            copies = sum(ck.tensors[name].numel * DTYPE_BYTES[ck.tensors[name].dtype] for ck in all_cks)
-            whole = copies + work_bytes <= memory_budget
-            try:
-                if whole:
-                    held = [ck.tensor(name, dev).reshape(-1) for ck in all_cks]
-                    bytes_read += copies
+        with intra_op_threads(1 if dev.type == "cpu" else None):
+            names = check_catalog_architecture(base_ck, cks)
+            for name in _progress(names, progress, n + 1):
+                info = base_ck.tensors[name]
+                copies = sum(ck.tensors[name].numel * DTYPE_BYTES[ck.tensors[name].dtype] for ck in all_cks)
+                whole = copies + work_bytes <= memory_budget
+                try:
+                    if whole:
+                        held = [ck.tensor(name, dev).reshape(-1) for ck in all_cks]
+                        bytes_read += copies
 
-                    def read(start: int, stop: int, held=held):
-                        return held[0][start:stop], [t[start:stop] for t in held[1:]]
-                else:
-                    in_parts += 1
+                        def read(start: int, stop: int, held=held):
+                            return held[0][start:stop], [t[start:stop] for t in held[1:]]
+                    else:
+                        in_parts += 1
 
-                    def read(start: int, stop: int, name=name):
-                        nonlocal bytes_read
-                        parts = [ck.tensor_range(name, start, stop) for ck in all_cks]
-                        bytes_read += sum(p.numel() * p.element_size() for p in parts)
-                        parts = [p.to(dev) for p in parts]
-                        return parts[0], parts[1:]
+                        def read(start: int, stop: int, name=name):
+                            nonlocal bytes_read
+                            parts = [ck.tensor_range(name, start, stop) for ck in all_cks]
+                            bytes_read += sum(p.numel() * p.element_size() for p in parts)
+                            parts = [p.to(dev) for p in parts]
+                            return parts[0], parts[1:]
 
-                stats.add(name, info.numel, read, in_memory=whole)
-            except CheckpointError as e:
-                raise FeatureError(str(e)) from None
-            finally:
-                held = None
+                    stats.add(name, info.numel, read, in_memory=whole)
+                except CheckpointError as e:
+                    raise FeatureError(str(e)) from None
+                finally:
+                    held = None
     finally:
-        torch.set_num_threads(threads)
         for ck in all_cks:
             ck.close()
     return CatalogScan(list(cks), stats, bytes_read, in_parts)

@@ -1,6 +1,9 @@
 """The one place where a device is chosen: `auto` means CUDA when present, else CPU."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from merging.errors import MergeError
 
 
@@ -21,3 +24,23 @@ def resolve_device(spec: str = "auto"):
             raise MergeError(f"device {spec!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
         return device
     raise MergeError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+
+
+@contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` for the duration, put back after (None:
+    unchanged). The setting is process-wide: other torch work in the same process runs
+    with it meanwhile. Callers pin CPU work on small, chunked tensors to one thread, where
+    the hand-offs of a parallel region cost more than they give, and much more when other
+    processes share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -456,29 +456,6 @@ def run_merge_to_state_dict(recipe: Recipe, *, device: str = "auto", allow_vocab
     return InMemoryMerge(sink.tensors, plan, recipe, time.perf_counter() - started)
 
 
-class _PinnedThreads:
-    """torch's intra-op thread count set to INTRA_OP_THREADS for a CPU merge, put back
-    after. The setting is process-wide: a merge running beside other torch work in the
-    same process slows that work's parallel regions down for its duration, no more."""
-
-    def __init__(self, cpu: bool):
-        import torch
-
-        self.torch = torch
-        self.previous = torch.get_num_threads()
-        self.pinned = cpu and INTRA_OP_THREADS is not None and INTRA_OP_THREADS != self.previous
-
-    def __enter__(self) -> "_PinnedThreads":
-        if self.pinned:
-            self.torch.set_num_threads(INTRA_OP_THREADS)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        if self.pinned:
-            self.torch.set_num_threads(self.previous)
-        return False
-
-
 def _exact_cast(source, target) -> bool:
     """Does casting source to target keep every value? Then the cast can be skipped: the
     math runs in float32/float64 anyway."""
@@ -494,6 +471,8 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
             progress: bool | None, on_tensor: Callable[[str], None] | None, input_dtype=None) -> None:
     import torch
     from tqdm import tqdm
+
+    from merging.device import intra_op_threads
 
     spec = plan.resolved.spec
     fn = spec.function
@@ -546,7 +525,7 @@ def _stream(plan: MergePlan, writer: ShardWriter, dev, compute, seed: int,
     bar = tqdm(total=len(jobs), unit="tensor", desc=f"merge ({spec.name})", disable=not progress,
                file=sys.stderr, leave=False)
     pending: deque = deque()
-    with _PinnedThreads(getattr(dev, "type", str(dev)) == "cpu"), \
+    with intra_op_threads(INTRA_OP_THREADS if getattr(dev, "type", str(dev)) == "cpu" else None), \
             ThreadPoolExecutor(1, thread_name_prefix="merge-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="merge-write") as writer_pool:
         ahead = reader.submit(load, jobs[0])

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from merging.device import intra_op_threads
 from zoo.errors import ZooError
 from zoo.manifest import FORMAT, MANIFEST_NAME, Zoo, default_zoo_dir, write_manifest
 from zoo.tasks import EVAL_SIZE, TASKS, get_task, probe_set, task_names
@@ -230,7 +231,7 @@ def _finetune_worker(root: str, recipe: ZooRecipe, task: str, stamp: str) -> tup
     from zoo.evaluate import load_model, quiet_transformers
     from zoo.tokenizer import build_tokenizer
 
-    with quiet_transformers(), _torch_threads(recipe.threads):
+    with quiet_transformers(), intra_op_threads(recipe.threads):
         model = load_model(Path(root) / "base")
         return task, _finetune(model, build_tokenizer(), recipe, task, Path(root) / f"expert-{task}", stamp)
 
@@ -333,7 +334,7 @@ def _build_locked(root: Path, recipe: ZooRecipe, progress: bool) -> Zoo:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
-    with quiet_transformers(), _torch_threads(recipe.threads), bar:
+    with quiet_transformers(), intra_op_threads(recipe.threads), bar:
         if train_base:
             bar.set_description("pretrain base")
             t0 = time.perf_counter()
@@ -415,18 +416,6 @@ def _cached_accuracy(folder: Path, tasks: list[str], tokenizer) -> tuple[dict[st
     spent = time.perf_counter() - t0
     _write_sidecar(folder, {**side, "eval_size": EVAL_SIZE, "accuracy": {**cached, **acc}, "eval_seconds": spent})
     return acc, spent
-
-
-@contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _task_seed(seed: int, task: str) -> str:
